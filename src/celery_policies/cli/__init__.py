@@ -1,0 +1,33 @@
+"""The ``celery-policies`` command, also available as ``celery -A proj policies``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .check import check
+from .explain import explain
+from .schema import schema
+from .simulate import simulate
+
+
+@click.group(name="policies")
+@click.version_option(package_name="celery-policies")
+def policies() -> None:
+    """See, check and simulate what a celery-policies file does to your tasks."""
+    # Like `celery -A`, find the application's modules (and exceptions) from where it runs.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+policies.add_command(check)
+policies.add_command(explain)
+policies.add_command(simulate)
+policies.add_command(schema)
+
+
+def main() -> None:
+    """Entry point of the ``celery-policies`` console script."""
+    policies(prog_name="celery-policies")

@@ -1,0 +1,76 @@
+"""``celery-policies simulate``."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from ..appinfo import registered_tasks
+from ..durations import format_duration
+from ..matching import Matcher
+from ..simulation import DEFAULT_ATTEMPTS, simulate_task
+from ._common import console, find_app, read_policies
+from ._render import delay_range
+
+_OUTCOMES = {
+    "retry": "fails, retries",
+    "maybe": "fails, retries unless the deadline passes first (depends on jitter)",
+    "not_retryable": "fails: not retryable, gives up",
+    "max_retries": "fails: max_retries reached, gives up",
+    "deadline": "fails: next attempt would start after retry_deadline, gives up",
+}
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--task", "task_name", required=True, help="The task name.")
+@click.option("--raise", "exception", required=True, metavar="EXCEPTION",
+              help="The exception class the task keeps raising (dotted path or builtin name).")
+@click.option("--app", "app_name", metavar="MODULE",
+              help="The Celery app: imports its exceptions and reads the task's own settings.")
+@click.option("--attempts", type=click.IntRange(1, 1000), default=DEFAULT_ATTEMPTS,
+              show_default=True, help="Show at most this many attempts.")
+@click.pass_context
+def simulate(ctx: click.Context, file: str, task_name: str, exception: str,
+             app_name: str | None, attempts: int) -> None:
+    """Print the attempt-by-attempt timeline of a task that keeps raising EXCEPTION.
+
+    Nothing runs: the delays come from the same arithmetic the worker uses, with jitter shown
+    as a range. Attempts are assumed to fail at once; add your task's run time to each.
+    """
+    out = console()
+    app = find_app(ctx, app_name, required=False)
+    policies = read_policies(file)
+    task = registered_tasks(app).get(task_name) if app is not None else None
+    if app is not None and task is None:
+        raise click.BadParameter(f"the app has no task {task_name!r}", param_hint="'--task'")
+    dead_letter = policies.model.dead_letter
+    line = simulate_task(Matcher(policies), task_name, exception, attempts=attempts, app=app,
+                         task=task, dead_letter_queue=dead_letter.queue if dead_letter else None)
+    matched = ", ".join(line.matched) or "no policy (defaults only)"
+    out.print(f"{line.task} raising {line.exception}  [dim]matched: {matched}[/dim]")
+    if not line.exception_imported:
+        out.print(f"[yellow]note: {line.exception} could not be imported; treated as a direct "
+                  "subclass of Exception[/yellow]")
+    table = Table()
+    table.add_column("attempt", justify="right")
+    table.add_column("starts after")
+    table.add_column("outcome")
+    table.add_column("next attempt in")
+    for step in line.steps:
+        table.add_row(str(step.attempt), delay_range(step.start), _OUTCOMES[step.outcome],
+                      delay_range(step.delay) if step.delay else "-")
+    out.print(table)
+    limits = ", ".join(f"{name} {format_duration(value)}" for name, value in (
+        ("soft_time_limit", line.soft_time_limit), ("time_limit", line.time_limit)) if value)
+    if limits:
+        out.print(f"Each attempt runs under {limits}.")
+    if line.gave_up is None:
+        out.print(f"Still retrying after {len(line.steps)} attempts (see --attempts).")
+        return
+    out.print(f"Gives up after attempt {len(line.steps)}.")
+    if not line.routes:
+        out.print("Failure routes: none (the failure stays in the result backend and the log).")
+    for kind, target in line.routes:
+        what = f"dead letter to queue {target}" if kind == "dead_letter" else f"task {target}"
+        out.print(f"Failure route: {what}")

@@ -1,0 +1,87 @@
+"""Exception classes named in a policy file: finding every reference, importing, matching.
+
+Import happens only when asked (``check --app``/``--import`` and at worker start), so a file
+can be validated where the application's code is not installed.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+from collections.abc import Iterable, Iterator
+
+from .errors import DocPath
+from .model import PolicyFile, PolicySettings
+
+
+def import_exception(dotted: str) -> type[BaseException]:
+    """Return the exception class named by a dotted path or a builtin name.
+
+    Raise ``ValueError`` saying why when it cannot be imported or is not an exception class.
+    """
+    module_name, _, attr = dotted.rpartition(".")
+    try:
+        if not module_name:
+            found = getattr(builtins, attr)
+        else:
+            found = getattr(importlib.import_module(module_name), attr)
+    except AttributeError:
+        where = f"module {module_name!r}" if module_name else "builtins"
+        raise ValueError(f"cannot import {dotted!r}: {where} has no {attr!r}") from None
+    except ImportError as exc:
+        raise ValueError(f"cannot import {dotted!r}: {exc}") from None
+    except Exception as exc:
+        raise ValueError(f"cannot import {dotted!r}: importing it raised "
+                         f"{type(exc).__name__}: {exc}") from None
+    if not (isinstance(found, type) and issubclass(found, BaseException)):
+        raise ValueError(f"{dotted!r} is not an exception class")
+    return found
+
+
+def _settings(model: PolicyFile) -> Iterator[tuple[DocPath, PolicySettings]]:
+    if model.defaults is not None:
+        yield ("defaults",), model.defaults
+    for index, policy in enumerate(model.policies):
+        yield ("policies", index), policy
+
+
+def exception_references(model: PolicyFile) -> Iterator[tuple[DocPath, str, bool]]:
+    """Every exception path in the file: (document path, dotted name, written as a key)."""
+    for base, settings in _settings(model):
+        for key in ("autoretry_for", "dont_autoretry_for"):
+            for i, name in enumerate(getattr(settings, key) or ()):
+                yield (*base, key, i), name, False
+        for name in settings.retry_per_exception or {}:
+            yield (*base, "retry_per_exception", name), name, True
+        for r, route in enumerate(settings.on_failure or ()):
+            for i, name in enumerate(route.when or ()):
+                yield (*base, "on_failure", r, "when", i), name, False
+
+
+def mro_distance(exc_type: type[BaseException],
+                 refs: Iterable[type[BaseException] | str]) -> int | None:
+    """How far up ``exc_type``'s MRO the nearest of ``refs`` is (0: the class itself).
+
+    A ref is a class, or a name that could not be imported, compared with each class's
+    ``module.qualname`` (and bare name for builtins). ``None`` when no ref is in the MRO.
+    """
+    classes = {r for r in refs if isinstance(r, type)}
+    names = {r for r in refs if isinstance(r, str)}
+    for distance, klass in enumerate(exc_type.__mro__):
+        if klass in classes or (names and (
+            f"{klass.__module__}.{klass.__qualname__}" in names
+            or (klass.__module__ == "builtins" and klass.__qualname__ in names)
+        )):
+            return distance
+    return None
+
+
+def resolve_refs(names: Iterable[str]) -> tuple[type[BaseException] | str, ...]:
+    """Import each name where possible; keep the name itself where not (see ``mro_distance``)."""
+    out: list[type[BaseException] | str] = []
+    for name in names:
+        try:
+            out.append(import_exception(name))
+        except ValueError:
+            out.append(name)
+    return tuple(out)

@@ -1,0 +1,92 @@
+"""What a policy file means for each task: effective settings, their sources, and coverage.
+
+The JSON form (``to_json``) is a documented contract (docs/explain-json.md)::
+
+    {"file": str, "tasks": [{"name": str, "matched": [label, ...],
+      "settings": {key: {"value": ..., "source": str, "overrides": {"value", "source"}?}}}]}
+
+Durations are seconds; ``overrides`` appears when the file replaces a value set in task code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from celery.app.task import Task
+from pydantic import BaseModel
+
+from .appinfo import effective_settings
+from .loader import Policies
+from .matching import Matcher, Setting
+from .patterns import parse_pattern
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One task's effective settings: ``settings[key] = (setting, overridden code setting)``."""
+
+    task: str
+    matched: tuple[str, ...]
+    settings: dict[str, tuple[Setting, Setting | None]]
+
+
+def explain(matcher: Matcher, names: Iterable[str], app: Celery | None = None,
+            tasks: dict[str, Task] | None = None) -> list[Explanation]:
+    """Explain each task in ``names``; with ``app`` and ``tasks``, include task-code values."""
+    out = []
+    for name in names:
+        resolved = matcher.resolve(name)
+        task = tasks.get(name) if tasks else None
+        out.append(Explanation(name, resolved.matched, effective_settings(app, task, resolved)))
+    return out
+
+
+def jsonable(value: Any) -> Any:
+    """A setting's value as plain JSON data (models as mappings of their set keys)."""
+    if isinstance(value, BaseModel):
+        return {k: jsonable(v) for k, v in value.model_dump(exclude_none=True).items()}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def to_json(policies: Policies, explanations: Iterable[Explanation]) -> dict[str, Any]:
+    tasks = []
+    for item in explanations:
+        settings: dict[str, Any] = {}
+        for key, (setting, overridden) in item.settings.items():
+            entry: dict[str, Any] = {"value": jsonable(setting.value),
+                                     "source": str(setting.source)}
+            if overridden is not None:
+                entry["overrides"] = {"value": jsonable(overridden.value),
+                                      "source": str(overridden.source)}
+            settings[key] = entry
+        tasks.append({"name": item.task, "matched": list(item.matched), "settings": settings})
+    return {"file": policies.file, "tasks": tasks}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Patterns that match no registered task, and tasks that no policy matches."""
+
+    unmatched: list[tuple[int, str, tuple[int, int]]]  # (policy index, pattern, (line, col))
+    uncovered: list[str]
+
+
+def coverage(policies: Policies, matcher: Matcher, names: Iterable[str]) -> Coverage:
+    names = list(names)
+    unmatched = []
+    for index, policy in enumerate(policies.model.policies):
+        for j, text in enumerate(policy.match):
+            pattern = parse_pattern(text)
+            if not any(pattern.matches(n) for n in names):
+                # a single pattern written as a string falls back to the 'match' value itself
+                where = policies.position(("policies", index, "match", j))
+                unmatched.append((index, text, where))
+    uncovered = [n for n in names if not matcher.matching(n)]
+    return Coverage(unmatched, uncovered)

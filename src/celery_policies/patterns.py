@@ -1,0 +1,102 @@
+"""Task-name patterns: exact names, fnmatch globs (``*``, ``?``, ``[...]``) and ``re:`` regexes.
+
+A pattern's *specificity* orders the policies that match one task: an exact name beats any
+glob, among globs more literal characters win, and a regex is the least specific of all.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+
+REGEX_PREFIX = "re:"
+_GLOB_CHARS = frozenset("*?[")
+
+
+class Kind(IntEnum):
+    """Pattern kinds, ordered from least to most specific."""
+
+    REGEX = 0
+    GLOB = 1
+    EXACT = 2
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A checked pattern. ``literal`` counts the characters a glob matches literally."""
+
+    text: str
+    kind: Kind
+    regex: re.Pattern[str]
+    literal: int
+    prefix: str  # literal text before the first wildcard ('' for regexes)
+    suffix: str  # literal text after the last wildcard ('' for regexes)
+
+    @property
+    def specificity(self) -> tuple[int, int]:
+        return (int(self.kind), self.literal)
+
+    def matches(self, name: str) -> bool:
+        return self.regex.fullmatch(name) is not None if self.kind is Kind.REGEX else (
+            name == self.text if self.kind is Kind.EXACT else self.regex.match(name) is not None
+        )
+
+
+def _bracket_end(text: str, start: int) -> int:
+    """Index just past the ``]`` closing the ``[`` at ``start``, or -1 (fnmatch's own rule)."""
+    j = start + 1
+    if j < len(text) and text[j] in "!^":
+        j += 1
+    if j < len(text) and text[j] == "]":
+        j += 1
+    end = text.find("]", j)
+    return -1 if end < 0 else end + 1
+
+
+def _glob_literals(text: str) -> tuple[int, str, str]:
+    """Count literal characters and find the literal prefix and suffix of a checked glob."""
+    literal, i, first, last = 0, 0, -1, -1
+    while i < len(text):
+        char = text[i]
+        if char in "*?":
+            first = i if first < 0 else first
+            last = i + 1
+            i += 1
+        elif char == "[":
+            end = _bracket_end(text, i)
+            first = i if first < 0 else first
+            last = end
+            i = end
+        else:
+            literal += 1
+            i += 1
+    return literal, text[:first], text[last:]
+
+
+def parse_pattern(text: str) -> Pattern:
+    """Check and compile one pattern; raise ``ValueError`` naming what is wrong."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"expected a task-name pattern, got {text!r}")
+    if text.startswith(REGEX_PREFIX):
+        source = text[len(REGEX_PREFIX):]
+        if not source:
+            raise ValueError("empty regular expression after 're:'")
+        try:
+            compiled = re.compile(source)
+        except re.error as exc:
+            raise ValueError(f"bad regular expression {source!r}: {exc}") from None
+        return Pattern(text, Kind.REGEX, compiled, 0, "", "")
+    if any(c.isspace() for c in text):
+        raise ValueError(f"a task-name pattern has no spaces, got {text!r}")
+    if not _GLOB_CHARS & set(text):
+        return Pattern(text, Kind.EXACT, re.compile(re.escape(text) + r"\Z"), len(text), text, text)
+    i = text.find("[")
+    while i >= 0:
+        end = _bracket_end(text, i)
+        if end < 0:
+            raise ValueError(f"bad glob {text!r}: '[' at position {i + 1} is never closed")
+        i = text.find("[", end)
+    literal, prefix, suffix = _glob_literals(text)
+    return Pattern(text, Kind.GLOB, re.compile(fnmatch.translate(text)), literal, prefix, suffix)

@@ -1,0 +1,94 @@
+"""The key reference (docs/reference.md), generated from the models so the two cannot drift.
+
+``celery-policies schema --format markdown`` prints it; a test compares it with the docs.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from pydantic import BaseModel, BeforeValidator
+from pydantic.fields import FieldInfo
+
+from ._types import ACCEPTS
+from .model import (
+    DeadLetterConfig,
+    FailureRoute,
+    Policy,
+    PolicyFile,
+    PolicySettings,
+    PublishRetryPolicy,
+    RetryOverride,
+    SentryConfig,
+)
+
+_SECTIONS: list[tuple[str, type[BaseModel], tuple[str, ...] | None, str]] = [
+    ("Top level", PolicyFile, None, "The keys of the file itself."),
+    ("Policies: choosing tasks", Policy, ("match", "name"),
+     "Each entry of `policies:` names the tasks it applies to, then any settings below."),
+    ("Settings", PolicySettings, None,
+     "Allowed under `defaults:` and in every policy. A key left out is not set: the task keeps "
+     "its own code's value (or Celery's default). A key set in the file overrides task code."),
+    ("`retry_per_exception` entries", RetryOverride, None,
+     "`retry_per_exception` maps an exception class to these keys; a key left out keeps the "
+     "task's value. The most specific class (nearest in the raised exception's MRO) wins."),
+    ("`on_failure` routes", FailureRoute, None,
+     "Taken in order when a task fails for good; give exactly one of `dead_letter` or `task`."),
+    ("`publish_retry_policy`", PublishRetryPolicy, None,
+     "Celery's `retry_policy` for sending messages while the broker is unreachable."),
+    ("`sentry:`", SentryConfig, None, "Forwarding failures to Sentry."),
+    ("`dead_letter:`", DeadLetterConfig, None, "The dead-letter queue."),
+]
+
+
+def _accepts(field: FieldInfo) -> str:
+    for item in field.metadata:
+        if isinstance(item, BeforeValidator) and item.func in ACCEPTS:
+            return ACCEPTS[item.func]
+    return _describe(field.annotation)
+
+
+def _describe(annotation: Any) -> str:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "mapping (below)"
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None) and a is not Ellipsis]
+    if origin is typing.Literal:
+        return ", ".join(f"`{a}`" for a in typing.get_args(annotation))
+    if origin is typing.Annotated:
+        for item in annotation.__metadata__:
+            if isinstance(item, BeforeValidator) and item.func in ACCEPTS:
+                return ACCEPTS[item.func]
+        return _describe(args[0])
+    if origin in (tuple, list):
+        return f"list of {_describe(args[0])}"
+    if origin is dict:
+        return f"mapping of exception class to {_describe(args[-1])}"
+    if args:
+        return " or ".join(_describe(a) for a in args)
+    return {str: "text", int: "whole number", bool: "`true` / `false`"}.get(annotation, "value")
+
+
+def _default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
+    return "not set" if field.default in (None, ()) else f"`{field.default}`"
+
+
+def render_markdown() -> str:
+    """The reference of every key of the policy file, as Markdown."""
+    lines = ["# Policy file reference", "",
+             "Generated from the models by `celery-policies schema --format markdown`; "
+             "durations are seconds inside, and every key mirrors Celery's task attribute of "
+             "the same name where Celery has one.", ""]
+    for title, model, only, intro in _SECTIONS:
+        lines += [f"## {title}", "", intro, "", "| key | accepts | default | meaning |",
+                  "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            if only is not None and name not in only:
+                continue
+            lines.append(f"| `{name}` | {_accepts(field)} | {_default(field)} | "
+                         f"{field.description or ''} |")
+        lines.append("")
+    return "\n".join(lines)
