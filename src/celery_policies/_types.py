@@ -30,8 +30,13 @@ _DURATION_SCHEMA: dict[str, Any] = {
 }
 
 
-def _got(value: object) -> str:
-    return "null" if value is None else repr(value)
+def got(value: object) -> str:
+    """A found value as the file spells it: null, true, 'text', 42."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value)
 
 
 def _duration(value: object) -> float:
@@ -54,14 +59,14 @@ def _boolean(value: object) -> bool:
     # Strings come from ${ENV} interpolation.
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise ValueError(f"expected true or false, got {_got(value)}")
+    raise ValueError(f"expected true or false, got {got(value)}")
 
 
 def _integer(value: object, minimum: int) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected a whole number >= {minimum}, got {_got(value)}")
+        raise ValueError(f"expected a whole number >= {minimum}, got {got(value)}")
     if value < minimum:
         raise ValueError(f"expected a whole number >= {minimum}, got {value}")
     return value
@@ -85,7 +90,7 @@ def _count_or_unlimited(value: object) -> int | str:
         return _integer(value, 0)
     except ValueError:
         raise ValueError(f"expected a whole number >= 0 or '{UNLIMITED}', "
-                         f"got {_got(value)}") from None
+                         f"got {got(value)}") from None
 
 
 def _backoff(value: object) -> float | bool:
@@ -98,7 +103,7 @@ def _backoff(value: object) -> float | bool:
         return parse_duration(value)
     except ValueError:
         raise ValueError("expected false, true or a base delay like 2s, "
-                         f"got {_got(value)}") from None
+                         f"got {got(value)}") from None
 
 
 def _jitter(value: object) -> str:
@@ -108,7 +113,7 @@ def _jitter(value: object) -> str:
         return "none"
     if isinstance(value, str) and value.strip() in ("full", "equal", "none"):
         return value.strip()
-    raise ValueError(f"expected one of full, equal, none, got {_got(value)}")
+    raise ValueError(f"expected one of full, equal, none, got {got(value)}")
 
 
 def _rate_limit(value: object) -> str | None:
@@ -118,14 +123,14 @@ def _rate_limit(value: object) -> str | None:
         return str(value)
     if isinstance(value, str) and _RATE.fullmatch(value.strip()):
         return value.strip()
-    raise ValueError(f"expected a rate like 10/s, 100/m or 1000/h, got {_got(value)}")
+    raise ValueError(f"expected a rate like 10/s, 100/m or 1000/h, got {got(value)}")
 
 
 def _exception_path(value: object) -> str:
     if isinstance(value, str) and _IDENTIFIER_PATH.fullmatch(value.strip()):
         return value.strip()
     raise ValueError("expected an exception class as a dotted import path "
-                     f"(requests.exceptions.ConnectionError) or a builtin name, got {_got(value)}")
+                     f"(requests.exceptions.ConnectionError) or a builtin name, got {got(value)}")
 
 
 def _one_or_many(value: object) -> object:
@@ -145,7 +150,7 @@ def not_null(value: object) -> object:
 def _non_empty_text(value: object) -> str:
     if isinstance(value, str) and value.strip():
         return value.strip()
-    raise ValueError(f"expected a non-empty string, got {_got(value)}")
+    raise ValueError(f"expected a non-empty string, got {got(value)}")
 
 
 Duration = Annotated[float | None, BeforeValidator(_duration), WithJsonSchema(_DURATION_SCHEMA)]

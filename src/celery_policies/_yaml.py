@@ -58,6 +58,7 @@ class _Builder:
         self.environ = environ
         self.constructor = SafeConstructor()
         self.seen: set[int] = set()
+        self.open: set[int] = set()  # nodes being built: meeting one again is a recursive alias
         self.alias_nodes = 0
 
     def problem(self, path: DocPath, node: Node, message: str) -> None:
@@ -73,14 +74,15 @@ class _Builder:
             self.seen.add(id(node))
         if depth > MAX_DEPTH:
             raise _TooLarge(node, f"the document nests deeper than {MAX_DEPTH} levels")
+        if id(node) in self.open:
+            raise _TooLarge(node, "an alias refers to a node that contains it (recursive alias)")
         self.doc.values[path] = _position(node)
-        if isinstance(node, MappingNode):
-            return self.mapping(node, path, depth)
-        if isinstance(node, SequenceNode):
-            if node.tag != _TAG + "seq":
-                self.refuse(node, path)
-                return None
-            return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+        if isinstance(node, MappingNode | SequenceNode):
+            self.open.add(id(node))
+            try:
+                return self.collection(node, path, depth)
+            finally:
+                self.open.discard(id(node))
         if node.tag not in _PLAIN_TAGS:
             self.refuse(node, path)
             return None
@@ -91,6 +93,16 @@ class _Builder:
             self.problem(path, node, f"cannot read {node.value!r} as a YAML {kind}: {exc}")
             return None
         return self.interpolate(value, node, path) if isinstance(value, str) else value
+
+    def collection(self, node: Node, path: DocPath, depth: int) -> Any:
+        if isinstance(node, MappingNode):
+            return self.mapping(node, path, depth)
+        if isinstance(node, SequenceNode):
+            if node.tag != _TAG + "seq":
+                self.refuse(node, path)
+                return None
+            return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+        return None
 
     def refuse(self, node: Node, path: DocPath) -> None:
         self.problem(path, node, f"YAML tag {node.tag!r} is not allowed: a policy file holds "

@@ -35,8 +35,9 @@ def parse_duration(value: object) -> float:
         text = value.strip().replace(" ", "")
         if _NUMBER.fullmatch(text):
             seconds = float(text)
-        elif _WHOLE.fullmatch(text):
-            seconds = sum(float(n) * UNITS[u] for n, u in _PART.findall(text))
+        elif _WHOLE.fullmatch(text.lstrip("-")):
+            sign = -1.0 if text.startswith("-") else 1.0
+            seconds = sign * sum(float(n) * UNITS[u] for n, u in _PART.findall(text))
         else:
             raise ValueError(f"{EXPECTED}, got {value!r}")
     else:

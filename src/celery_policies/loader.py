@@ -142,8 +142,8 @@ def _decode(raw: bytes, file: str) -> str:
 def _kind(value: object) -> str:
     if value is None:
         return "null"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), f"a {type(value).__name__}")
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(value), f"a {type(value).__name__}")
 
 
 def _from_pydantic(error: Any, doc: _yaml.Document, file: str) -> Problem:

@@ -33,6 +33,7 @@ from ._types import (
     OptionalDuration,
     PositiveCount,
     RateLimit,
+    got,
     not_null,
 )
 from .durations import format_duration
@@ -91,7 +92,7 @@ class FailureRoute(_Model):
     def _dead_letter_value(cls, value: object) -> object:
         if value is True or (isinstance(value, str) and value.strip()):
             return value.strip() if isinstance(value, str) else value
-        raise ValueError(f"expected a queue name or true, got {value!r}")
+        raise ValueError(f"expected a queue name or true, got {got(value)}")
 
     @model_validator(mode="after")
     def _exactly_one_target(self) -> FailureRoute:
@@ -170,14 +171,16 @@ class PolicySettings(_Model):
 
 def _patterns(value: object) -> object:
     items = [value] if isinstance(value, str) else value
-    if isinstance(items, list) and not items:
+    if not isinstance(items, list):
+        raise ValueError(f"expected a task-name pattern or a list of them, got {got(value)}")
+    if not items:
         raise ValueError("expected at least one task-name pattern")
     return items
 
 
 def _pattern(value: object) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"expected a task-name pattern (a string), got {value!r}")
+        raise ValueError(f"expected a task-name pattern (a string), got {got(value)}")
     parse_pattern(value)
     return value
 
@@ -220,9 +223,9 @@ class DeadLetterConfig(_Model):
 
 
 def _version(value: object) -> int:
-    if value == 1 and not isinstance(value, bool):
+    if value == 1 and type(value) is int:
         return 1
-    raise ValueError(f"this celery-policies reads version 1 files, got {value!r}")
+    raise ValueError(f"this celery-policies reads version 1 files, got {got(value)}")
 
 
 class PolicyFile(_Model):

@@ -1,0 +1,40 @@
+"""Durations are parsed once, at the edge, into float seconds."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from celery_policies.durations import format_duration, parse_duration
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("500ms", 0.5), ("30s", 30.0), ("5m", 300.0), ("2h", 7200.0), ("1d", 86400.0),
+    ("1h30m", 5400.0), ("1.5s", 1.5), (" 10s ", 10.0), ("42", 42.0), (42, 42.0), (0.25, 0.25),
+])
+def test_accepts_units_and_plain_seconds(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["tenish", "5 minutes", "1x", "", "s", "1h-5m", "nan", "inf"])
+def test_refuses_text_that_is_not_a_duration(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a duration like 30s or 5m"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("value", [0, -1, "0s", "-5", 0.0])
+def test_refuses_zero_and_negative(value: object) -> None:
+    with pytest.raises(ValueError, match="more than zero"):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize("value", [True, False, None, [1], {"s": 1}])
+def test_refuses_other_types(value: object) -> None:
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(value)
+
+
+@given(st.integers(min_value=1, max_value=10**7))
+def test_formatting_round_trips_whole_seconds(seconds: int) -> None:
+    assert parse_duration(format_duration(seconds)) == seconds

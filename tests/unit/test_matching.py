@@ -1,0 +1,152 @@
+"""Precedence: every matching policy applies; per key, the most specific pattern wins."""
+
+from __future__ import annotations
+
+import pytest
+
+from celery_policies import Matcher
+from celery_policies.patterns import Kind, parse_pattern
+from tests.conftest import load
+
+
+def resolve(text: str, name: str) -> dict[str, object]:
+    resolved = Matcher(load(text)).resolve(name)
+    return {key: setting.value for key, setting in resolved.settings.items()}
+
+
+def test_defaults_apply_to_every_task() -> None:
+    assert resolve("version: 1\ndefaults: {max_retries: 2}\n", "any.task") == {"max_retries": 2}
+
+
+def test_exact_name_beats_any_glob_whatever_the_order() -> None:
+    text = """
+        version: 1
+        policies:
+          - {match: billing.charge, max_retries: 1}
+          - {match: "billing.charg*", max_retries: 2}
+    """
+    assert resolve(text, "billing.charge") == {"max_retries": 1}
+
+
+def test_glob_with_more_literal_characters_wins() -> None:
+    text = """
+        version: 1
+        policies:
+          - {match: "billing.refunds.*", max_retries: 1}
+          - {match: "billing.*", max_retries: 2}
+    """
+    assert resolve(text, "billing.refunds.full") == {"max_retries": 1}
+    assert resolve(text, "billing.charge") == {"max_retries": 2}
+
+
+def test_regex_is_least_specific() -> None:
+    text = """
+        version: 1
+        policies:
+          - {match: "*", max_retries: 2}
+          - {match: "re:billing\\\\..*", max_retries: 9}
+    """
+    assert resolve(text, "billing.charge") == {"max_retries": 2}
+
+
+def test_later_policy_wins_a_tie() -> None:
+    text = """
+        version: 1
+        policies:
+          - {match: "a.*", max_retries: 1}
+          - {match: "a.?", max_retries: 2}
+    """
+    assert resolve(text, "a.b") == {"max_retries": 2}
+
+
+def test_keys_merge_from_several_policies_and_defaults() -> None:
+    text = """
+        version: 1
+        defaults: {max_retries: 3, acks_late: false}
+        policies:
+          - {match: "shop.*", time_limit: 1m, acks_late: true}
+          - {match: shop.reports.monthly, time_limit: 1h}
+    """
+    assert resolve(text, "shop.reports.monthly") == {
+        "max_retries": 3, "acks_late": True, "time_limit": 3600.0}
+
+
+def test_null_limit_overrides_a_less_specific_limit() -> None:
+    text = """
+        version: 1
+        defaults: {time_limit: 1m}
+        policies:
+          - {match: reports.big, time_limit: null}
+    """
+    assert resolve(text, "reports.big") == {"time_limit": None}
+    assert resolve(text, "reports.small") == {"time_limit": 60.0}
+
+
+def test_policy_with_several_patterns_takes_its_most_specific_match() -> None:
+    text = """
+        version: 1
+        policies:
+          - {match: ["*", exact.name], max_retries: 1}
+          - {match: "exact.*", max_retries: 2}
+    """
+    assert resolve(text, "exact.name") == {"max_retries": 1}
+    assert resolve(text, "exact.other") == {"max_retries": 2}
+
+
+def test_lists_are_taken_whole_not_merged() -> None:
+    text = """
+        version: 1
+        defaults: {autoretry_for: [ConnectionError]}
+        policies:
+          - {match: "a.*", autoretry_for: [TimeoutError]}
+    """
+    assert resolve(text, "a.b") == {"autoretry_for": ("TimeoutError",)}
+
+
+def test_provenance_names_the_policy_and_its_line() -> None:
+    text = """
+        version: 1
+        defaults:
+          max_retries: 3
+        policies:
+          - name: payments
+            match: "billing.*"
+            acks_late: false
+          - match: billing.charge
+            time_limit: 30s
+    """
+    resolved = Matcher(load(text)).resolve("billing.charge")
+    assert resolved.matched == ("payments", "policies[1]")
+    sources = {key: str(setting.source) for key, setting in resolved.settings.items()}
+    assert sources == {"max_retries": "defaults (policies.yaml:2)",
+                       "acks_late": 'policies[0] "payments" (policies.yaml:5)',
+                       "time_limit": "policies[1] (policies.yaml:8)"}
+
+
+def test_unmatched_task_gets_nothing_but_defaults() -> None:
+    resolved = Matcher(load("version: 1\npolicies:\n  - {match: a, max_retries: 1}\n")).resolve(
+        "b")
+    assert (resolved.matched, dict(resolved.settings)) == ((), {})
+
+
+@pytest.mark.parametrize(("pattern", "name", "matches"), [
+    ("shop.*", "shop.a.b", True), ("shop.?", "shop.ab", False), ("*.send_*", "x.send_mail", True),
+    ("shop.[ab]x", "shop.bx", True), ("shop.[!ab]x", "shop.bx", False),
+    ("re:shop\\.\\d+", "shop.12", True), ("re:shop", "shop.12", False),
+    ("Shop.*", "shop.x", False),
+])
+def test_pattern_semantics(pattern: str, name: str, matches: bool) -> None:
+    """Globs follow fnmatch (case-sensitive); regexes must match the whole name."""
+    assert parse_pattern(pattern).matches(name) is matches
+    index_says = bool(Matcher(load(f"version: 1\npolicies:\n  - match: '{pattern}'\n")).matching(
+        name))
+    assert index_says is matches
+
+
+@pytest.mark.parametrize(("pattern", "kind", "literal"), [
+    ("a.b.c", Kind.EXACT, 5), ("a.*", Kind.GLOB, 2), ("a.[xy]?", Kind.GLOB, 2),
+    ("re:.*", Kind.REGEX, 0),
+])
+def test_specificity(pattern: str, kind: Kind, literal: int) -> None:
+    parsed = parse_pattern(pattern)
+    assert (parsed.kind, parsed.literal) == (kind, literal)
