@@ -30,7 +30,7 @@ def format_doc_path(path: DocPath) -> str:
     return out
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Problem:
     """One located problem in a policy file."""
 
@@ -54,7 +54,8 @@ class PolicyFileError(PolicyError):
     """
 
     def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems: tuple[Problem, ...] = tuple(sorted(set(problems)))
+        self.problems: tuple[Problem, ...] = tuple(sorted(
+            set(problems), key=lambda p: (p.line, p.column, format_doc_path(p.doc_path), p.message)))
         if not self.problems:
             raise ValueError("PolicyFileError needs at least one problem")
         super().__init__("\n".join(str(p) for p in self.problems))

@@ -10,7 +10,7 @@ import difflib
 import os
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,7 +201,3 @@ def _find_model(annotation: Any) -> type[BaseModel] | None:
                 return found
     return None
 
-
-def iter_problems(error: PolicyFileError) -> Iterator[str]:
-    """Each problem as one line, ``file:line:col: path: message``."""
-    return (str(p) for p in error.problems)
