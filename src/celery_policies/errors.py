@@ -46,6 +46,11 @@ class Problem:
         return f"{where}: {path}: {self.message}" if path else f"{where}: {self.message}"
 
 
+def _file_order(problem: Problem) -> tuple[int, int, str, str]:
+    # Paths mix ints and strings, so compare their text, never the tuples themselves.
+    return (problem.line, problem.column, format_doc_path(problem.doc_path), problem.message)
+
+
 class PolicyFileError(PolicyError):
     """A policy file that cannot be used. ``problems`` lists every problem found, in file order.
 
@@ -54,8 +59,7 @@ class PolicyFileError(PolicyError):
     """
 
     def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems: tuple[Problem, ...] = tuple(sorted(
-            set(problems), key=lambda p: (p.line, p.column, format_doc_path(p.doc_path), p.message)))
+        self.problems: tuple[Problem, ...] = tuple(sorted(set(problems), key=_file_order))
         if not self.problems:
             raise ValueError("PolicyFileError needs at least one problem")
         super().__init__("\n".join(str(p) for p in self.problems))
