@@ -21,6 +21,8 @@ JitterMode = Literal["full", "equal", "none"]
 _IDENTIFIER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 _RATE = re.compile(r"\d+(?:\.\d+)?(?:/[smh])?")
 
+_EXCEPTION_SCHEMA: dict[str, Any] = {"type": "string",
+                                     "pattern": f"^{_IDENTIFIER_PATH.pattern}$"}
 _DURATION_SCHEMA: dict[str, Any] = {
     "anyOf": [
         {"type": "number", "exclusiveMinimum": 0},
@@ -199,9 +201,14 @@ RateLimit = Annotated[
 ExceptionPath = Annotated[
     str,
     BeforeValidator(_exception_path),
-    WithJsonSchema({"type": "string", "pattern": _IDENTIFIER_PATH.pattern}),
+    WithJsonSchema(_EXCEPTION_SCHEMA),
 ]
-ExceptionList = Annotated[tuple[ExceptionPath, ...] | None, BeforeValidator(_one_or_many)]
+ExceptionList = Annotated[
+    tuple[ExceptionPath, ...] | None,
+    BeforeValidator(_one_or_many),
+    WithJsonSchema({"anyOf": [_EXCEPTION_SCHEMA,
+                              {"type": "array", "items": _EXCEPTION_SCHEMA}]}),
+]
 NonEmptyText = Annotated[str | None, BeforeValidator(_non_empty_text),
                          WithJsonSchema({"type": "string", "minLength": 1})]
 

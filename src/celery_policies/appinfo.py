@@ -103,7 +103,8 @@ def code_setting(app: Celery, task: Task, key: str) -> Setting:
 
 def effective_settings(app: Celery | None, task: Task | None,
                        resolved: ResolvedPolicy) -> dict[str, tuple[Setting, Setting | None]]:
-    """Every setting of a task: (effective setting, the code setting the file overrides).
+    """Every setting of a task: (effective setting, the task-code or app-config setting the
+    file overrides, if any).
 
     Without an app, keys the file leaves unset show Celery's defaults.
     """
@@ -117,7 +118,8 @@ def effective_settings(app: Celery | None, task: Task | None,
         if chosen is None:
             out[key] = (code, None)
         else:
-            overridden = code if code.source.kind == "code" and code.value != chosen.value else None
+            replaced = code.source.kind in ("code", "config") and code.value != chosen.value
+            overridden = code if replaced else None
             out[key] = (chosen, overridden)
     redeliveries, _ = out["max_redeliveries"]
     if redeliveries.value is None and out["reject_on_worker_lost"][0].value:

@@ -5,7 +5,8 @@ The JSON form (``to_json``) is a documented contract (docs/explain-json.md)::
     {"file": str, "tasks": [{"name": str, "matched": [label, ...],
       "settings": {key: {"value": ..., "source": str, "overrides": {"value", "source"}?}}}]}
 
-Durations are seconds; ``overrides`` appears when the file replaces a value set in task code.
+Durations are seconds; ``overrides`` appears when the file replaces a different value set in
+task code or app config.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pydantic import BaseModel
 from .appinfo import effective_settings
 from .loader import Policies
 from .matching import Matcher, Setting
+from .model import DEFAULT_DEAD_LETTER_QUEUE
 from .patterns import parse_pattern
 
 
@@ -90,3 +92,23 @@ def coverage(policies: Policies, matcher: Matcher, names: Iterable[str]) -> Cove
                 unmatched.append((index, text, where))
     uncovered = [n for n in names if not matcher.matching(n)]
     return Coverage(unmatched, uncovered)
+
+
+def dead_letter_queue(policies: Policies) -> str:
+    """The queue a ``dead_letter: true`` route publishes to."""
+    section = policies.model.dead_letter
+    return (section.queue if section is not None else None) or DEFAULT_DEAD_LETTER_QUEUE
+
+
+def limit_conflicts(explanations: Iterable[Explanation]) -> list[tuple[str, Setting, Setting]]:
+    """Tasks whose effective soft time limit is not below the hard one, once the layers merge
+    (each layer was valid alone): ``(task, soft_time_limit, time_limit)``. The hard limit then
+    kills the task before the soft one can fire."""
+    found = []
+    for item in explanations:
+        soft, _ = item.settings["soft_time_limit"]
+        hard, _ = item.settings["time_limit"]
+        if (soft.value is not None and hard.value is not None and soft.value >= hard.value
+                and (soft.source.from_file or hard.source.from_file)):
+            found.append((item.task, soft, hard))
+    return found

@@ -4,8 +4,9 @@ Every policy whose pattern matches a task applies, merged key by key on top of `
 For each key the most specific matching pattern wins (exact name > glob with more literal
 characters > glob with fewer > ``re:``); on a tie the later policy in the file wins.
 
-Celery's own ``task_annotations`` only knows exact names and ``'*'`` (where ``'*'`` even
-overrides exact names: celery/app/annotations.py, celery#6670), hence this matcher.
+Celery's own ``task_annotations`` only knows exact names and ``'*'``, and applies ``'*'`` after
+the exact name so it wins (``resolve_all`` in celery/app/annotations.py); ``task_routes`` globs
+go by insertion order (celery#6670). Hence this matcher.
 
 Matching is indexed: exact names by dict, globs by their literal prefix (or suffix), so a name
 is tested only against the few patterns that could match it. Regexes and globs with no literal

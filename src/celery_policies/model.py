@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from ._types import (
+    ACCEPTS,
     Backoff,
     Boolean,
     Count,
@@ -185,13 +186,17 @@ def _pattern(value: object) -> str:
     return value
 
 
+_PATTERN_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1}
+
+
 class Policy(PolicySettings):
     """A policy: which tasks it applies to (``match``), an optional label, and settings."""
 
     match: Annotated[
-        tuple[Annotated[str, BeforeValidator(_pattern),
-                        WithJsonSchema({"type": "string", "minLength": 1})], ...],
+        tuple[Annotated[str, BeforeValidator(_pattern)], ...],
         BeforeValidator(_patterns),
+        WithJsonSchema({"anyOf": [_PATTERN_SCHEMA, {"type": "array", "items": _PATTERN_SCHEMA,
+                                                    "minItems": 1}]}),
     ] = Field(description="A glob (`*`, `?`, `[...]`), an exact task name, `re:<regex>`, "
                           "or a list of them.")
     name: NonEmptyText = Field(
@@ -226,6 +231,10 @@ def _version(value: object) -> int:
     if value == 1 and type(value) is int:
         return 1
     raise ValueError(f"this celery-policies reads version 1 files, got {got(value)}")
+
+
+ACCEPTS[_patterns] = "pattern (glob, exact name, `re:<regex>`) or a list of them"
+ACCEPTS[_version] = "`1`"
 
 
 class PolicyFile(_Model):

@@ -76,6 +76,44 @@ def _default(field: FieldInfo) -> str:
     return "not set" if field.default in (None, ()) else f"`{field.default}`"
 
 
+#: Keys whose ``null`` means something (no limit, no value); every other key refuses null.
+NULLABLE_KEYS = frozenset({"time_limit", "soft_time_limit", "rate_limit", "retry_deadline",
+                           "dsn", "environment", "release"})
+
+
+def _strip_nulls(node: Any, key: str | None = None) -> Any:
+    """Make the schema say what the loader does: no ``null`` where a key refuses it."""
+    if isinstance(node, list):
+        return [_strip_nulls(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for name, value in node.items():
+        if name == "default" and value is None:
+            continue
+        if name == "properties":
+            out[name] = {k: _strip_nulls(v, k) for k, v in value.items()}
+        else:
+            out[name] = _strip_nulls(value)
+    branches = out.get("anyOf")
+    if key is not None and key not in NULLABLE_KEYS and isinstance(branches, list):
+        kept = [b for b in branches if b != {"type": "null"}]
+        if len(kept) == 1:
+            del out["anyOf"]
+            out.update(kept[0])
+        else:
+            out["anyOf"] = kept
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a policy file, for editors (``celery-policies schema``)."""
+    document: dict[str, Any] = _strip_nulls(PolicyFile.model_json_schema(mode="validation"))
+    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    document["title"] = "celery-policies file"
+    return document
+
+
 def render_markdown() -> str:
     """The reference of every key of the policy file, as Markdown."""
     lines = ["# Policy file reference", "",

@@ -70,9 +70,28 @@ def test_check_with_the_app_warns_about_dead_patterns_and_uncovered_tasks(
     warnings = result.stderr.splitlines()
     assert warnings[0] == (f"{path}:3:31: warning: policies[0] pattern 'shop.biling.*' matches "
                            "no registered task")
-    assert warnings[1:] == [f"{path}: warning: no policy matches task {name!r} (it gets only "
-                            "defaults)" for name in EXAMPLE_TASKS if "billing" not in name]
+    assert warnings[1:] == [f"{path}: warning: no policy matches task {name!r} (it gets no "
+                            "setting from this file)" for name in EXAMPLE_TASKS
+                            if "billing" not in name]
     assert result.stdout == f"{path}: valid, 1 policy, 4 warnings\n"
+    assert run("check", str(path), "--app", "examples.shop", "--strict").exit_code == 1
+
+
+def test_check_with_the_app_warns_when_merged_layers_put_the_soft_limit_above_the_hard(
+        policy_file: Callable[[str], Path]) -> None:
+    path = policy_file("""
+        version: 1
+        defaults: {time_limit: 5m, soft_time_limit: 4m}
+        policies:
+          - match: "shop.*"
+          - match: shop.emails.send_receipt
+            time_limit: 1m
+    """)
+    result = run("check", str(path), "--app", "examples.shop")
+    assert result.stderr.splitlines() == [
+        f"{path}: warning: task 'shop.emails.send_receipt' gets soft_time_limit 4m from "
+        f"defaults ({path}:2) but time_limit 1m from policies[1] ({path}:5): the hard limit "
+        "kills it before the soft one fires"]
     assert run("check", str(path), "--app", "examples.shop", "--strict").exit_code == 1
 
 
@@ -157,6 +176,16 @@ def test_explain_says_when_the_file_overrides_task_code(policy_file: Callable[[s
     assert "overrides" not in plain["max_retries"]
 
 
+def test_explain_says_when_the_file_overrides_app_config(
+        policy_file: Callable[[str], Path]) -> None:
+    path = policy_file("version: 1\ndefaults:\n  acks_late: false\n")
+    settings = explain_json(str(path), "--app", "tests.support.codeapp")["code.plain"]["settings"]
+    assert isinstance(settings, dict)
+    assert settings["acks_late"] == {
+        "value": False, "source": f"defaults ({path}:2)",
+        "overrides": {"value": True, "source": "app config (task_acks_late)"}}
+
+
 def test_explain_without_an_app_takes_a_task_name() -> None:
     tasks = explain_json(str(EXAMPLE), "shop.reports.build_monthly_report")
     settings = tasks["shop.reports.build_monthly_report"]["settings"]
@@ -164,6 +193,28 @@ def test_explain_without_an_app_takes_a_task_name() -> None:
     assert settings["max_redeliveries"]["value"] == 2
     assert settings["retry_backoff_max"] == {"value": 300.0, "source": f"defaults ({EXAMPLE}:10)"}
     assert run("explain", str(EXAMPLE)).exit_code == 2
+
+
+def test_explain_without_an_app_refuses_a_pattern() -> None:
+    result = run("explain", str(EXAMPLE), "shop.*")
+    assert result.exit_code == 2
+    assert "without --app, give one task name, not a pattern ('shop.*')" in result.stderr
+
+
+def test_explain_table_says_no_limit_and_names_the_dead_letter_queue(
+        policy_file: Callable[[str], Path]) -> None:
+    path = policy_file("""
+        version: 1
+        dead_letter: {queue: dlq.payments}
+        defaults:
+          time_limit: null
+          on_failure: [{dead_letter: true}]
+    """)
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip()
+            for line in run("explain", str(path), "t").stdout.splitlines() if "│" in line}
+    assert rows["time_limit"] == "none (no limit)"
+    assert rows["soft_time_limit"] == "-"
+    assert rows["on_failure"] == "dead letter to dlq.payments"
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -276,3 +327,18 @@ def test_yaml_in_the_readme_is_valid(tmp_path: Path) -> None:
         path.write_text(block, encoding="utf-8")
         result = run("check", str(path))
         assert result.exit_code == 0, result.output
+
+
+def test_simulate_says_when_jitter_decides_the_last_attempt(
+        policy_file: Callable[[str], Path]) -> None:
+    path = policy_file("""
+        version: 1
+        defaults: {autoretry_for: [OSError], max_retries: unlimited, retry_backoff: 10s,
+                   retry_jitter: equal, retry_deadline: 40s}
+    """)
+    result = run("simulate", str(path), "--task", "t", "--raise", "OSError")
+    assert [row[2] for row in timeline(result)] == [
+        "fails, retries", "fails, retries",
+        "fails, retries unless the deadline passes first (depends on jitter)",
+        "fails: next attempt would start after retry_deadline, gives up"]
+    assert "Gives up after attempt 3 to 4, depending on jitter and the deadline." in result.stdout

@@ -11,7 +11,7 @@ _DURATION_KEYS = frozenset({"time_limit", "soft_time_limit", "retry_backoff_max"
                             "default_retry_delay", "retry_deadline", "retry_backoff"})
 
 
-def human(key: str, value: Any) -> str:
+def human(key: str, value: Any, *, dead_letter_queue: str | None = None) -> str:
     """``value`` of setting ``key`` as a person reads it: 30s, not 30.0."""
     if value is None:
         return "-"
@@ -22,7 +22,7 @@ def human(key: str, value: Any) -> str:
     if isinstance(value, tuple | list) and key in ("autoretry_for", "dont_autoretry_for"):
         return ", ".join(value) if value else "(none)"
     if key == "on_failure":
-        return "; ".join(_route(r) for r in jsonable(value))
+        return "; ".join(_route(r, dead_letter_queue) for r in jsonable(value))
     if key == "retry_per_exception":
         return "; ".join(f"{exc}: " + ", ".join(f"{k}={human(k, v)}" for k, v in rule.items())
                          for exc, rule in jsonable(value).items())
@@ -31,9 +31,12 @@ def human(key: str, value: Any) -> str:
     return str(value)
 
 
-def _route(route: dict[str, Any]) -> str:
-    target = (f"dead letter ({route['dead_letter']})" if route.get("dead_letter") not in (
-        None, True) else "dead letter" if "dead_letter" in route else f"task {route['task']}")
+def _route(route: dict[str, Any], default_queue: str | None) -> str:
+    if "dead_letter" in route:
+        queue = default_queue if route["dead_letter"] is True else route["dead_letter"]
+        target = f"dead letter to {queue}" if queue else "dead letter"
+    else:
+        target = f"task {route['task']}"
     return target + (f" when {', '.join(route['when'])}" if route.get("when") else "")
 
 

@@ -7,8 +7,9 @@ import sys
 import click
 
 from ..appinfo import registered_tasks
+from ..durations import format_duration
 from ..errors import PolicyFileError
-from ..explain import coverage
+from ..explain import coverage, explain, limit_conflicts
 from ..loader import check_exceptions
 from ..matching import Matcher
 from ._common import fail_on_problems, find_app, read_policies
@@ -42,8 +43,16 @@ def check(ctx: click.Context, file: str, app_name: str | None, import_exceptions
         found = coverage(policies, Matcher(policies), names)
         warnings += [f"{file}:{line}:{col}: warning: policies[{index}] pattern {text!r} matches "
                      f"no registered task" for index, text, (line, col) in found.unmatched]
-        warnings += [f"{file}: warning: no policy matches task {name!r} (it gets only defaults)"
+        fallback = "only defaults" if policies.model.defaults else "no setting from this file"
+        warnings += [f"{file}: warning: no policy matches task {name!r} (it gets {fallback})"
                      for name in found.uncovered]
+        for name, soft, hard in limit_conflicts(explain(Matcher(policies), names, app,
+                                                         registered_tasks(app))):
+            warnings.append(
+                f"{file}: warning: task {name!r} gets soft_time_limit "
+                f"{format_duration(soft.value)} from {soft.source} but time_limit "
+                f"{format_duration(hard.value)} from {hard.source}: the hard limit kills it "
+                "before the soft one fires")
     for warning in warnings:
         click.echo(warning, err=True)
     count = len(policies.model.policies)

@@ -9,8 +9,8 @@ import click
 from rich.table import Table
 
 from ..appinfo import registered_tasks
+from ..explain import dead_letter_queue, to_json
 from ..explain import explain as explain_tasks
-from ..explain import to_json
 from ..matching import Matcher
 from ._common import console, find_app, read_policies
 from ._render import human
@@ -41,9 +41,13 @@ def explain(ctx: click.Context, file: str, task_pattern: str | None, app_name: s
             raise click.ClickException(f"no registered task matches {task_pattern!r}")
     elif task_pattern is None:
         raise click.UsageError("give --app MODULE, or the name of the task to explain", ctx=ctx)
+    elif set(task_pattern) & set("*?["):
+        raise click.UsageError(f"without --app, give one task name, not a pattern "
+                               f"({task_pattern!r}): the task names come from the app", ctx=ctx)
     else:
         tasks, names = {}, [task_pattern]
     explanations = explain_tasks(matcher, names, app, tasks)
+    queue = dead_letter_queue(policies)
     if fmt == "json":
         click.echo(json.dumps(to_json(policies, explanations), indent=2))
         return
@@ -55,11 +59,14 @@ def explain(ctx: click.Context, file: str, task_pattern: str | None, app_name: s
         table.add_column("source")
         for key, (setting, overridden) in item.settings.items():
             source = str(setting.source)
+            value = human(key, setting.value, dead_letter_queue=queue)
+            if setting.value is None and setting.source.from_file:
+                value = "none (no limit)"
             if overridden is not None:
                 source += (f" [yellow](overrides {overridden.source}: "
                            f"{human(key, overridden.value)})[/yellow]")
             style = None if setting.source.from_file else "dim"
-            table.add_row(key, human(key, setting.value), source, style=style)
+            table.add_row(key, value, source, style=style)
         out.print(table)
     out.print("[dim]Time limits given by the sender (apply_async(time_limit=...)) travel in the "
               "message headers and win over these.[/dim]")

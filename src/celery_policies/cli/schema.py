@@ -6,8 +6,7 @@ import json
 
 import click
 
-from ..model import PolicyFile
-from ..reference import render_markdown
+from ..reference import json_schema, render_markdown
 
 
 @click.command()
@@ -16,13 +15,13 @@ from ..reference import render_markdown
 def schema(fmt: str) -> None:
     """Print the JSON Schema of a policy file.
 
-    Save it next to your file and point editors at it with a first line
-    `# yaml-language-server: $schema=./policies.schema.json` for completion and inline errors.
+    Save it next to your file and give the file this first line, for completion and inline
+    errors in editors that use the YAML language server:
+
+    \b
+        # yaml-language-server: $schema=./policies.schema.json
     """
     if fmt == "markdown":
         click.echo(render_markdown(), nl=False)
         return
-    document = PolicyFile.model_json_schema(mode="validation")
-    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    document["title"] = "celery-policies file"
-    click.echo(json.dumps(document, indent=2, sort_keys=True))
+    click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))

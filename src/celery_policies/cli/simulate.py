@@ -7,6 +7,7 @@ from rich.table import Table
 
 from ..appinfo import registered_tasks
 from ..durations import format_duration
+from ..explain import dead_letter_queue
 from ..matching import Matcher
 from ..simulation import DEFAULT_ATTEMPTS, simulate_task
 from ._common import console, find_app, read_policies
@@ -44,9 +45,8 @@ def simulate(ctx: click.Context, file: str, task_name: str, exception: str,
     task = registered_tasks(app).get(task_name) if app is not None else None
     if app is not None and task is None:
         raise click.BadParameter(f"the app has no task {task_name!r}", param_hint="'--task'")
-    dead_letter = policies.model.dead_letter
     line = simulate_task(Matcher(policies), task_name, exception, attempts=attempts, app=app,
-                         task=task, dead_letter_queue=dead_letter.queue if dead_letter else None)
+                         task=task, dead_letter_queue=dead_letter_queue(policies))
     matched = ", ".join(line.matched) or "no policy (defaults only)"
     out.print(f"{line.task} raising {line.exception}  [dim]matched: {matched}[/dim]")
     if not line.exception_imported:
@@ -68,7 +68,12 @@ def simulate(ctx: click.Context, file: str, task_name: str, exception: str,
     if line.gave_up is None:
         out.print(f"Still retrying after {len(line.steps)} attempts (see --attempts).")
         return
-    out.print(f"Gives up after attempt {len(line.steps)}.")
+    maybe = [step.attempt for step in line.steps if step.outcome == "maybe"]
+    if maybe:
+        out.print(f"Gives up after attempt {maybe[0]} to {len(line.steps)}, depending on jitter "
+                  "and the deadline.")
+    else:
+        out.print(f"Gives up after attempt {len(line.steps)}.")
     if not line.routes:
         out.print("Failure routes: none (the failure stays in the result backend and the log).")
     for kind, target in line.routes:
