@@ -15,14 +15,33 @@ end are tested against every name.
 
 from __future__ import annotations
 
+import bisect
+import re
+from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Literal
 
 from .loader import Policies
 from .patterns import Kind, Pattern, parse_pattern
+
+# A compiled pattern in the index: its test, its specificity, and its policy's index.
+_Entry = tuple[Callable[[str], object] | None, tuple[int, int], int]
+
+
+def _containing(text: str, test: Callable[[str], object]) -> Callable[[str], object]:
+    return lambda name: text in name and test(name)
+
+
+def _prefiltered(text: str, test: Callable[[str], object]) -> Callable[[Iterable[str]],
+                                                                        Iterable[str]]:
+    """Filter names by ``test``, skipping at C speed those that lack the literal ``text``."""
+    contains = re.compile(re.escape(text)).search
+    return lambda names: filter(test, filter(contains, names))
+
 
 SourceKind = Literal["defaults", "policy", "code", "config", "celery", "plugin"]
 
@@ -90,12 +109,16 @@ class Matcher:
             source = Source("defaults", policies.file, line)
             self._defaults = {k: Setting(v, source) for k, v in model.defaults.set_values().items()}
         self._settings: list[dict[str, Setting]] = []
-        self._exact: dict[str, list[tuple[Pattern, int]]] = defaultdict(list)
-        self._prefix: dict[int, dict[str, list[tuple[Pattern, int]]]] = defaultdict(
-            lambda: defaultdict(list))
-        self._suffix: dict[int, dict[str, list[tuple[Pattern, int]]]] = defaultdict(
-            lambda: defaultdict(list))
-        self._scan: list[tuple[Pattern, int]] = []
+        self._exact: dict[str, list[_Entry]] = defaultdict(list)
+        self._prefix: dict[int, dict[str, list[_Entry]]] = defaultdict(lambda: defaultdict(list))
+        self._suffix: dict[int, dict[str, list[_Entry]]] = defaultdict(lambda: defaultdict(list))
+        self._scan: list[_Entry] = []
+        # resolve_all's plan: every pattern as (specificity, policy index, where to look,
+        # literal to look up, test or None), sorted in the order policies apply.
+        self._plan: list[tuple[tuple[int, int], int, int, str, str,
+                               Callable[[Iterable[str]], Iterable[str]] | None]] = []
+        self._patterns_of = [policy.match for policy in model.policies]
+        self._multi: set[int] = set()  # policies with several patterns
         for index, policy in enumerate(model.policies):
             line = policies.position(("policies", index))[0]
             source = Source("policy", policies.file, line, index, policy.name)
@@ -107,45 +130,105 @@ class Matcher:
                 self._add(parse_pattern(text), index)
 
     def _add(self, pattern: Pattern, index: int) -> None:
-        entry = (pattern, index)
         if pattern.kind is Kind.EXACT:
-            self._exact[pattern.text].append(entry)
+            bucket, certain = self._exact[pattern.text], True
         elif pattern.prefix:
-            self._prefix[len(pattern.prefix)][pattern.prefix].append(entry)
+            bucket = self._prefix[len(pattern.prefix)][pattern.prefix]
+            certain = pattern.text == pattern.prefix + "*"
         elif pattern.suffix:
-            self._suffix[len(pattern.suffix)][pattern.suffix].append(entry)
+            bucket = self._suffix[len(pattern.suffix)][pattern.suffix]
+            certain = pattern.text == "*" + pattern.suffix
         else:
-            self._scan.append(entry)
+            bucket, certain = self._scan, False
+        # Finding an exact name, 'prefix*' or '*suffix' in its bucket proves the match, so it
+        # needs no test. Other tests are bound once: resolving calls them for every candidate.
+        test = None if certain else pattern.test
+        if test is not None and bucket is self._scan and pattern.required:
+            # A glob like '*.send_*' is tried on every name; `in` rejects most names far faster
+            # than fnmatch's regex, whose leading '.*' backtracks.
+            test = _containing(pattern.required, test)
+        bucket.append((test, pattern.specificity, index))
+        where = ("exact" if pattern.kind is Kind.EXACT else "prefix" if pattern.prefix
+                 else "suffix" if pattern.suffix else "scan")
+        literal = pattern.suffix[::-1] if where == "suffix" else pattern.prefix
+        sieve = None if test is None else (
+            _prefiltered(pattern.required, pattern.test) if where == "scan" and pattern.required
+            else partial(filter, test))
+        # the plan's length breaks ties, so tuples never go on to compare the sieves
+        bisect.insort(self._plan, (pattern.specificity, index, len(self._plan), where, literal,
+                                   sieve))
+        if len(self._patterns_of[index]) > 1:
+            self._multi.add(index)
 
-    def _candidates(self, name: str) -> Iterable[tuple[Pattern, int]]:
-        yield from self._exact.get(name, ())
+    def _candidates(self, name: str) -> list[_Entry]:
+        found = list(self._exact.get(name, ()))
         size = len(name)
         for length, bucket in self._prefix.items():
             if length <= size:
-                yield from bucket.get(name[:length], ())
+                found += bucket.get(name[:length], ())
         for length, bucket in self._suffix.items():
             if length <= size:
-                yield from bucket.get(name[size - length:], ())
-        yield from self._scan
+                found += bucket.get(name[size - length:], ())
+        return found + self._scan
 
     def matching(self, name: str) -> list[int]:
         """Indexes of the policies matching ``name``, in the order they apply (winner last)."""
         best: dict[int, tuple[int, int]] = {}
-        for pattern, index in self._candidates(name):
-            if pattern.matches(name):
-                spec = pattern.specificity
-                if index not in best or spec > best[index]:
-                    best[index] = spec
-        return sorted(best, key=lambda i: (best[i], i))
+        for test, spec, index in self._candidates(name):
+            if (test is None or test(name)) and (index not in best or spec > best[index]):
+                best[index] = spec
+        return [index for _, index in sorted((spec, i) for i, spec in best.items())]
 
     def resolve(self, name: str) -> ResolvedPolicy:
         """The ``ResolvedPolicy`` of the task called ``name``."""
-        order = self.matching(name)
+        return self._merge(name, self.matching(name))
+
+    def _merge(self, name: str, order: list[int]) -> ResolvedPolicy:
         merged = dict(self._defaults)
         for index in order:
             merged.update(self._settings[index])
-        return ResolvedPolicy(name, tuple(self._labels[i] for i in order),
-                              MappingProxyType(merged))
+        labels = self._labels
+        return ResolvedPolicy(name, tuple([labels[i] for i in order]), MappingProxyType(merged))
 
     def resolve_all(self, names: Iterable[str]) -> dict[str, ResolvedPolicy]:
-        return {name: self.resolve(name) for name in names}
+        """``resolve`` for many names at once, pattern by pattern instead of name by name.
+
+        Names are sorted once, so every ``prefix...`` glob finds its names by bisection, and
+        every ``...suffix`` glob likewise among the names written backwards: the cost grows
+        with the number of matches, not names x patterns. Regexes and globs with no literal
+        end are still tried on every name. Patterns are visited in the order policies apply,
+        so each name's list of matches comes out already in that order.
+        """
+        unique = list(dict.fromkeys(names))
+        hits: dict[str, list[int]] = {name: [] for name in unique}
+        forward = sorted(unique)
+        backward = sorted(name[::-1] for name in unique)
+        for _, index, _, where, literal, sieve in self._plan:
+            if where == "exact":
+                found: Iterable[str] = (literal,) if literal in hits else ()
+            elif where == "scan":
+                found = unique
+            else:
+                ordered = forward if where == "prefix" else backward
+                low = bisect_left(ordered, literal)
+                found = ordered[low:bisect_left(ordered, literal + _LAST_CHAR, low)]
+                if where == "suffix":
+                    found = [name[::-1] for name in found]
+            for name in found if sieve is None else sieve(found):
+                hits[name].append(index)
+        multi = self._multi
+        return {name: self._merge(name, _once(order) if multi and not multi.isdisjoint(order)
+                                  else order) for name, order in hits.items()}
+
+
+#: Sorts after every character a task name can hold: ``[key, key + _LAST_CHAR)`` spans the
+#: names that start with ``key``.
+_LAST_CHAR = "\U0010ffff"
+
+
+def _once(order: list[int]) -> list[int]:
+    """A policy that matched through several of its patterns applies once, at the last (most
+    specific) of its places."""
+    if len(order) != len(set(order)):
+        return list(dict.fromkeys(reversed(order)))[::-1]
+    return order

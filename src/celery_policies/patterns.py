@@ -7,11 +7,16 @@ glob, among globs more literal characters win, and a regex is the least specific
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
 REGEX_PREFIX = "re:"
+#: How many distinct patterns ``parse_pattern`` keeps compiled. Python's own ``re`` cache holds
+#: only 512, so a file with more patterns was compiled again by every ``Matcher``.
+PATTERN_CACHE_SIZE = 8192
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -29,19 +34,26 @@ class Pattern:
 
     text: str
     kind: Kind
-    regex: re.Pattern[str]
+    regex: re.Pattern[str] | None  # None for exact names, which are compared as strings
     literal: int
     prefix: str  # literal text before the first wildcard ('' for regexes)
     suffix: str  # literal text after the last wildcard ('' for regexes)
+    required: str  # the longest literal run, which every match contains ('' for regexes)
 
     @property
     def specificity(self) -> tuple[int, int]:
         return (int(self.kind), self.literal)
 
+    @property
+    def test(self) -> Callable[[str], object]:
+        """A function of a task name, truthy when this pattern matches it."""
+        if self.regex is None:
+            return self.text.__eq__
+        # fnmatch.translate() ends a glob with \Z, so match() is enough for globs.
+        return self.regex.fullmatch if self.kind is Kind.REGEX else self.regex.match
+
     def matches(self, name: str) -> bool:
-        return self.regex.fullmatch(name) is not None if self.kind is Kind.REGEX else (
-            name == self.text if self.kind is Kind.EXACT else self.regex.match(name) is not None
-        )
+        return name == self.text if self.regex is None else bool(self.test(name))
 
 
 def _bracket_end(text: str, start: int) -> int:
@@ -55,30 +67,39 @@ def _bracket_end(text: str, start: int) -> int:
     return -1 if end < 0 else end + 1
 
 
-def _glob_literals(text: str) -> tuple[int, str, str]:
-    """Count literal characters and find the literal prefix and suffix of a checked glob."""
+def _glob_literals(text: str) -> tuple[int, str, str, str]:
+    """Count literal characters and find the literal prefix, suffix and longest literal run
+    of a checked glob."""
     literal, i, first, last = 0, 0, -1, -1
+    runs, run = [], ""
     while i < len(text):
         char = text[i]
-        if char in "*?":
-            first = i if first < 0 else first
-            last = i + 1
-            i += 1
-        elif char == "[":
-            end = _bracket_end(text, i)
+        if char in "*?[":
+            end = i + 1 if char != "[" else _bracket_end(text, i)
             first = i if first < 0 else first
             last = end
             i = end
+            runs.append(run)
+            run = ""
         else:
             literal += 1
+            run += char
             i += 1
-    return literal, text[:first], text[last:]
+    return literal, text[:first], text[last:], max([*runs, run], key=len)
 
 
 def parse_pattern(text: str) -> Pattern:
-    """Check and compile one pattern; raise ``ValueError`` naming what is wrong."""
+    """Check and compile one pattern; raise ``ValueError`` naming what is wrong.
+
+    Patterns are cached: validating a file and building its ``Matcher`` compile each once.
+    """
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"expected a task-name pattern, got {text!r}")
+    return _parse(text)
+
+
+@functools.lru_cache(maxsize=PATTERN_CACHE_SIZE)
+def _parse(text: str) -> Pattern:
     if text.startswith(REGEX_PREFIX):
         source = text[len(REGEX_PREFIX):]
         if not source:
@@ -87,16 +108,17 @@ def parse_pattern(text: str) -> Pattern:
             compiled = re.compile(source)
         except re.error as exc:
             raise ValueError(f"bad regular expression {source!r}: {exc}") from None
-        return Pattern(text, Kind.REGEX, compiled, 0, "", "")
+        return Pattern(text, Kind.REGEX, compiled, 0, "", "", "")
     if any(c.isspace() for c in text):
         raise ValueError(f"a task-name pattern has no spaces, got {text!r}")
     if not _GLOB_CHARS & set(text):
-        return Pattern(text, Kind.EXACT, re.compile(re.escape(text) + r"\Z"), len(text), text, text)
+        return Pattern(text, Kind.EXACT, None, len(text), text, text, text)
     i = text.find("[")
     while i >= 0:
         end = _bracket_end(text, i)
         if end < 0:
             raise ValueError(f"bad glob {text!r}: '[' at position {i + 1} is never closed")
         i = text.find("[", end)
-    literal, prefix, suffix = _glob_literals(text)
-    return Pattern(text, Kind.GLOB, re.compile(fnmatch.translate(text)), literal, prefix, suffix)
+    literal, prefix, suffix, required = _glob_literals(text)
+    return Pattern(text, Kind.GLOB, re.compile(fnmatch.translate(text)), literal, prefix, suffix,
+                   required)

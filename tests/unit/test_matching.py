@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from celery_policies import Matcher
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from celery_policies import Matcher, parse_policies
 from celery_policies.patterns import Kind, parse_pattern
 from tests.conftest import load
 
@@ -150,3 +155,28 @@ def test_pattern_semantics(pattern: str, name: str, matches: bool) -> None:
 def test_specificity(pattern: str, kind: Kind, literal: int) -> None:
     parsed = parse_pattern(pattern)
     assert (parsed.kind, parsed.literal) == (kind, literal)
+
+
+PARTS = st.sampled_from(["app1", "app2", "mod", "send_mail", "report", "x"])
+NAMES = st.lists(PARTS, min_size=1, max_size=3).map(".".join)
+PATTERNS = st.one_of(
+    NAMES,
+    NAMES.map(lambda n: n + ".*"), NAMES.map(lambda n: "*." + n),
+    NAMES.map(lambda n: "*" + n + "*"),
+    NAMES.map(lambda n: n.replace("a", "?", 1)), NAMES.map(lambda n: n.replace("p", "[pq]", 1)),
+    NAMES.map(lambda n: "re:" + re.escape(n) + ".*"), st.just("*"),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(PATTERNS, min_size=1, max_size=3), min_size=1, max_size=12),
+       st.lists(NAMES, max_size=30))
+def test_resolving_in_bulk_agrees_with_resolving_one_by_one(
+        patterns: list[list[str]], names: list[str]) -> None:
+    """resolve_all finds names pattern by pattern; it must give what resolve gives per name."""
+    policies = [{"match": p, "max_retries": i, "name": f"p{i}"} for i, p in enumerate(patterns)]
+    matcher = Matcher(parse_policies(yaml.safe_dump({"version": 1, "policies": policies})))
+    bulk = matcher.resolve_all(names)
+    assert sorted(bulk) == sorted(set(names))
+    for name in names:
+        assert bulk[name] == matcher.resolve(name)
