@@ -8,17 +8,16 @@ Celery's own ``task_annotations`` only knows exact names and ``'*'``, and applie
 the exact name so it wins (``resolve_all`` in celery/app/annotations.py); ``task_routes`` globs
 go by insertion order (celery#6670). Hence this matcher.
 
-Matching is indexed: exact names by dict, globs by their literal prefix (or suffix), so a name
-is tested only against the few patterns that could match it. Regexes and globs with no literal
-end are tested against every name.
+Matching is indexed: exact names by dict, globs by bisection over the sorted names on their
+literal prefix (or suffix), so a name is tested only against the few patterns that could match
+it. Regexes and globs with no literal end are tested against every name. One name or ten
+thousand go through the same path; many at once is far cheaper per name.
 """
 
 from __future__ import annotations
 
-import bisect
 import re
 from bisect import bisect_left
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,19 +27,22 @@ from typing import Any, Literal
 from .loader import Policies
 from .patterns import Kind, Pattern, parse_pattern
 
-# A compiled pattern in the index: its test, its specificity, and its policy's index.
-_Entry = tuple[Callable[[str], object] | None, tuple[int, int], int]
+_Sieve = Callable[[Iterable[str]], Iterable[str]]
 
 
-def _containing(text: str, test: Callable[[str], object]) -> Callable[[str], object]:
-    return lambda name: text in name and test(name)
+def _sieve(pattern: Pattern, where: str) -> _Sieve | None:
+    """What narrows the names found by an index down to those ``pattern`` matches.
 
-
-def _prefiltered(text: str, test: Callable[[str], object]) -> Callable[[Iterable[str]],
-                                                                        Iterable[str]]:
-    """Filter names by ``test``, skipping at C speed those that lack the literal ``text``."""
-    contains = re.compile(re.escape(text)).search
-    return lambda names: filter(test, filter(contains, names))
+    None where the index lookup proves the match: an exact name, ``prefix*``, ``*suffix``. A
+    glob like ``*.send_*`` is tried on every name, so a substring search on its longest
+    literal discards most names at C speed before fnmatch's backtracking regex runs.
+    """
+    if pattern.kind is Kind.EXACT or pattern.text in (f"{pattern.prefix}*", f"*{pattern.suffix}"):
+        return None
+    if where == "scan" and pattern.required:
+        contains = re.compile(re.escape(pattern.required)).search
+        return lambda names: filter(pattern.test, filter(contains, names))
+    return partial(filter, pattern.test)
 
 
 SourceKind = Literal["defaults", "policy", "code", "config", "celery", "plugin"]
@@ -109,16 +111,10 @@ class Matcher:
             source = Source("defaults", policies.file, line)
             self._defaults = {k: Setting(v, source) for k, v in model.defaults.set_values().items()}
         self._settings: list[dict[str, Setting]] = []
-        self._exact: dict[str, list[_Entry]] = defaultdict(list)
-        self._prefix: dict[int, dict[str, list[_Entry]]] = defaultdict(lambda: defaultdict(list))
-        self._suffix: dict[int, dict[str, list[_Entry]]] = defaultdict(lambda: defaultdict(list))
-        self._scan: list[_Entry] = []
-        # resolve_all's plan: every pattern as (specificity, policy index, where to look,
-        # literal to look up, test or None), sorted in the order policies apply.
-        self._plan: list[tuple[tuple[int, int], int, int, str, str,
-                               Callable[[Iterable[str]], Iterable[str]] | None]] = []
-        self._patterns_of = [policy.match for policy in model.policies]
-        self._multi: set[int] = set()  # policies with several patterns
+        # Every pattern as (specificity, policy index, n, where to look it up, the literal to
+        # look up, sieve), sorted in the order policies apply; n breaks ties between patterns
+        # of one policy so tuples never compare sieves.
+        plan: list[tuple[tuple[int, int], int, int, str, str, _Sieve | None]] = []
         for index, policy in enumerate(model.policies):
             line = policies.position(("policies", index))[0]
             source = Source("policy", policies.file, line, index, policy.name)
@@ -127,57 +123,18 @@ class Matcher:
             values.pop("name", None)
             self._settings.append({k: Setting(v, source) for k, v in values.items()})
             for text in policy.match:
-                self._add(parse_pattern(text), index)
-
-    def _add(self, pattern: Pattern, index: int) -> None:
-        if pattern.kind is Kind.EXACT:
-            bucket, certain = self._exact[pattern.text], True
-        elif pattern.prefix:
-            bucket = self._prefix[len(pattern.prefix)][pattern.prefix]
-            certain = pattern.text == pattern.prefix + "*"
-        elif pattern.suffix:
-            bucket = self._suffix[len(pattern.suffix)][pattern.suffix]
-            certain = pattern.text == "*" + pattern.suffix
-        else:
-            bucket, certain = self._scan, False
-        # Finding an exact name, 'prefix*' or '*suffix' in its bucket proves the match, so it
-        # needs no test. Other tests are bound once: resolving calls them for every candidate.
-        test = None if certain else pattern.test
-        if test is not None and bucket is self._scan and pattern.required:
-            # A glob like '*.send_*' is tried on every name; `in` rejects most names far faster
-            # than fnmatch's regex, whose leading '.*' backtracks.
-            test = _containing(pattern.required, test)
-        bucket.append((test, pattern.specificity, index))
-        where = ("exact" if pattern.kind is Kind.EXACT else "prefix" if pattern.prefix
-                 else "suffix" if pattern.suffix else "scan")
-        literal = pattern.suffix[::-1] if where == "suffix" else pattern.prefix
-        sieve = None if test is None else (
-            _prefiltered(pattern.required, pattern.test) if where == "scan" and pattern.required
-            else partial(filter, test))
-        # the plan's length breaks ties, so tuples never go on to compare the sieves
-        bisect.insort(self._plan, (pattern.specificity, index, len(self._plan), where, literal,
-                                   sieve))
-        if len(self._patterns_of[index]) > 1:
-            self._multi.add(index)
-
-    def _candidates(self, name: str) -> list[_Entry]:
-        found = list(self._exact.get(name, ()))
-        size = len(name)
-        for length, bucket in self._prefix.items():
-            if length <= size:
-                found += bucket.get(name[:length], ())
-        for length, bucket in self._suffix.items():
-            if length <= size:
-                found += bucket.get(name[size - length:], ())
-        return found + self._scan
+                pattern = parse_pattern(text)
+                where = ("exact" if pattern.kind is Kind.EXACT else "prefix" if pattern.prefix
+                         else "suffix" if pattern.suffix else "scan")
+                literal = pattern.suffix[::-1] if where == "suffix" else pattern.prefix
+                plan.append((pattern.specificity, index, len(plan), where, literal,
+                             _sieve(pattern, where)))
+        self._plan = sorted(plan)
+        self._multi = {i for i, policy in enumerate(model.policies) if len(policy.match) > 1}
 
     def matching(self, name: str) -> list[int]:
         """Indexes of the policies matching ``name``, in the order they apply (winner last)."""
-        best: dict[int, tuple[int, int]] = {}
-        for test, spec, index in self._candidates(name):
-            if (test is None or test(name)) and (index not in best or spec > best[index]):
-                best[index] = spec
-        return [index for _, index in sorted((spec, i) for i, spec in best.items())]
+        return self._hits([name])[name]
 
     def resolve(self, name: str) -> ResolvedPolicy:
         """The ``ResolvedPolicy`` of the task called ``name``."""
@@ -191,7 +148,11 @@ class Matcher:
         return ResolvedPolicy(name, tuple([labels[i] for i in order]), MappingProxyType(merged))
 
     def resolve_all(self, names: Iterable[str]) -> dict[str, ResolvedPolicy]:
-        """``resolve`` for many names at once, pattern by pattern instead of name by name.
+        """``resolve`` for many names at once: far cheaper than one by one."""
+        return {name: self._merge(name, order) for name, order in self._hits(names).items()}
+
+    def _hits(self, names: Iterable[str]) -> dict[str, list[int]]:
+        """The policies matching each name, in the order they apply; pattern by pattern.
 
         Names are sorted once, so every ``prefix...`` glob finds its names by bisection, and
         every ``...suffix`` glob likewise among the names written backwards: the cost grows
@@ -217,8 +178,11 @@ class Matcher:
             for name in found if sieve is None else sieve(found):
                 hits[name].append(index)
         multi = self._multi
-        return {name: self._merge(name, _once(order) if multi and not multi.isdisjoint(order)
-                                  else order) for name, order in hits.items()}
+        if multi:
+            for name, order in hits.items():
+                if not multi.isdisjoint(order):
+                    hits[name] = _once(order)
+        return hits
 
 
 #: Sorts after every character a task name can hold: ``[key, key + _LAST_CHAR)`` spans the
