@@ -66,9 +66,7 @@ def load_policies(path: str | os.PathLike[str], *, environ: Mapping[str, str] | 
     name = os.fspath(path)
     try:
         size = os.path.getsize(name)
-        if size > MAX_FILE_BYTES:
-            raise PolicyFileError([Problem(1, 1, name, (), f"the file is {size} bytes; "
-                                           f"a policy file may be at most {MAX_FILE_BYTES}")])
+        _check_size(size, name)
         raw = Path(name).read_bytes()
     except OSError as exc:
         raise PolicyFileError([Problem(1, 1, name, (), f"cannot read the file: "
@@ -81,9 +79,7 @@ def parse_policies(source: bytes | str, *, file: str = "<string>",
                    import_exceptions: bool = False) -> Policies:
     """Validate policy-file content held in memory; ``file`` names it in messages."""
     if isinstance(source, bytes):
-        if len(source) > MAX_FILE_BYTES:
-            raise PolicyFileError([Problem(1, 1, file, (), f"the file is {len(source)} bytes; "
-                                           f"a policy file may be at most {MAX_FILE_BYTES}")])
+        _check_size(len(source), file)
         text = _decode(source, file)
     else:
         text = source
@@ -125,6 +121,12 @@ def check_exceptions(policies: Policies) -> list[Problem]:
         except ValueError as exc:
             problems.append(policies.problem(path, str(exc), key=is_key))
     return problems
+
+
+def _check_size(size: int, file: str) -> None:
+    if size > MAX_FILE_BYTES:
+        raise PolicyFileError([Problem(1, 1, file, (), f"the file is {size} bytes; "
+                                       f"a policy file may be at most {MAX_FILE_BYTES}")])
 
 
 def _decode(raw: bytes, file: str) -> str:
