@@ -5,6 +5,8 @@ from .errors import PolicyError, PolicyFileError, Problem
 from .loader import Policies, load_policies, parse_policies
 from .matching import Matcher, ResolvedPolicy, Setting, Source
 from .model import FailureRoute, Policy, PolicyFile, PolicySettings
+from .redelivery import RedeliveriesExhausted
+from .runtime import Runtime, TaskPolicy, install
 
 __all__ = [
     "FailureRoute",
@@ -16,10 +18,14 @@ __all__ = [
     "PolicyFileError",
     "PolicySettings",
     "Problem",
+    "RedeliveriesExhausted",
     "ResolvedPolicy",
     "RetrySettings",
+    "Runtime",
     "Setting",
     "Source",
+    "TaskPolicy",
+    "install",
     "load_policies",
     "parse_policies",
 ]

@@ -11,6 +11,8 @@ task code or app config.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -112,3 +114,13 @@ def limit_conflicts(explanations: Iterable[Explanation]) -> list[tuple[str, Sett
                 and (soft.source.from_file or hard.source.from_file)):
             found.append((item.task, soft, hard))
     return found
+
+
+def fingerprint(matcher: Matcher, names: Iterable[str]) -> str:
+    """A short hash of what the file sets for each of ``names``: equal on every worker that
+    runs the same policies for the same tasks, whatever the file's layout or key order."""
+    resolved = matcher.resolve_all(names)
+    data = {name: {key: jsonable(setting.value) for key, setting in policy.settings.items()}
+            for name, policy in resolved.items()}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,85 @@
+"""The plugin's retry wrapper: Celery's autoretry, driven by the policy file.
+
+Celery freezes ``autoretry_for``, ``retry_backoff`` and friends into a closure when a task is
+registered (celery/app/autoretry.py, celery#4684), so setting them later does nothing. The
+worker therefore replaces the task's ``run`` with this wrapper, around the task's original
+``run`` (under Celery's own wrapper, when the task code had one). The wrapper costs one
+``try`` on success; on failure it asks the task's ``RetrySettings``, read at call time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import wraps
+from time import time
+from typing import Any
+
+from celery.app.task import Task
+from celery.exceptions import Ignore, Reject, Retry
+
+from .backoff import GiveUp, GiveUpReason, RetrySettings
+
+log = logging.getLogger("celery_policies")
+
+#: Message header carrying the time (epoch seconds) the first attempt started, across retries.
+FIRST_ATTEMPT_HEADER = "celery_policies_first_attempt"
+#: Marks a task whose ``run`` is the plugin's wrapper; holds the run it wraps.
+ORIGINAL_RUN = "_celery_policies_run"
+
+# Raised by task code to steer Celery itself: never retried, never counted as a failure here.
+_PASS_THROUGH = (Ignore, Retry, Reject)
+
+GiveUpHook = Callable[[Task, BaseException, GiveUpReason, int], None]
+
+
+def original_run(task: Task) -> Callable[..., Any]:
+    """The task's own ``run``, under the plugin's or Celery's autoretry wrapper if any."""
+    for attr in (ORIGINAL_RUN, "_orig_run"):
+        run = task.__dict__.get(attr)
+        if run is not None:
+            return run  # type: ignore[no-any-return]
+    return task.run  # type: ignore[no-any-return]
+
+
+def wrap_run(task: Task, settings_for: Callable[[], RetrySettings | None],
+             gave_up: GiveUpHook) -> None:
+    """Make ``task`` retry as ``settings_for()`` says; idempotent.
+
+    ``gave_up(task, exc, reason, retries)`` is told about every failure the wrapper lets
+    through, before the original exception is re-raised (so the result backend stores it).
+    """
+    run = original_run(task)
+
+    @wraps(run)
+    def retrying_run(*args: Any, **kwargs: Any) -> Any:
+        started = time()
+        try:
+            return run(*args, **kwargs)
+        except _PASS_THROUGH:
+            raise
+        except Exception as exc:
+            settings = settings_for()
+            if settings is None:
+                raise
+            request = task.request
+            headers = dict(request.headers or {})
+            first = float(headers.get(FIRST_ATTEMPT_HEADER, started))
+            decision = settings.decide(type(exc), request.retries, time() - first)
+            if isinstance(decision, GiveUp):
+                gave_up(task, exc, decision.reason, request.retries)
+                raise
+            log.info("retrying %s[%s] in %.2fs after %s (retry %d)", task.name, request.id,
+                     decision.countdown, type(exc).__name__, request.retries + 1)
+            headers[FIRST_ATTEMPT_HEADER] = first
+            try:
+                # The decision is made: max_retries here only keeps Celery's own check
+                # (celery/app/task.py retry) from second-guessing it.
+                raise task.retry(exc=exc, countdown=decision.countdown, headers=headers,
+                                 max_retries=request.retries + 1) from exc
+            finally:
+                task.__dict__.pop("override_max_retries", None)
+
+    task.__dict__[ORIGINAL_RUN] = run
+    task.run = retrying_run
+

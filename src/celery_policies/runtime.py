@@ -1,0 +1,384 @@
+"""Applying a policy file inside a Celery worker, and its publish settings in any process.
+
+``install(app)`` only connects hooks. The worker loads the file at ``worker_init``, in its main
+process: task modules are imported by then, and the consumer has not yet copied ``acks_late``,
+the time limits and ``rate_limit`` into its request classes (``create_request_cls``, built at
+``update_strategies``; celery#9342): a task attribute patched any later is silently ignored.
+Prefork children are forked after that and inherit the patched tasks.
+
+Everything reads one table, built once: ``Runtime.tasks`` maps each task name to its
+``TaskPolicy`` (the same ``Explanation`` that ``explain`` prints, plus the retry settings the
+wrapper uses). Nothing re-reads the file or re-matches patterns per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+from celery import Celery, signals
+from celery.app.task import Task
+from celery.app.trace import build_tracer
+
+from .appinfo import PLUGIN_DEFAULTS, SETTING_KEYS, code_setting, lookup, registered_tasks
+from .backoff import GiveUpReason, RetrySettings
+from .control import RUNTIME_ATTR, versions
+from .errors import PolicyFileError
+from .explain import (
+    Explanation,
+    dead_letter_queue,
+    explain,
+    fingerprint,
+    jsonable,
+    limit_conflicts,
+)
+from .loader import Policies, load_policies
+from .matching import Matcher
+from .pools import pool_name, unenforced
+from .redelivery import capped_request_class
+from .retrying import wrap_run
+from .simulation import routes_for
+
+log = logging.getLogger("celery_policies")
+
+#: The environment variable naming the policy file.
+ENV_VAR = "CELERY_POLICIES_FILE"
+#: The app setting naming the policy file (``CELERY_POLICIES_FILE`` in Django settings).
+CONF_KEY = "policies_file"
+#: The file used when nothing else names one, relative to the working directory.
+DEFAULT_FILE = "policies.yaml"
+#: Exit status of a worker refused because of its policies (sysexits.h EX_CONFIG).
+EXIT_CONFIG = 78
+
+#: Keys applied as plain task attributes (read by the consumer when it starts).
+ATTRIBUTE_KEYS = ("acks_late", "acks_on_failure_or_timeout", "reject_on_worker_lost",
+                  "time_limit", "soft_time_limit", "rate_limit", "max_retries",
+                  "default_retry_delay")
+#: Keys that make the plugin's retry wrapper take over a task's retries.
+RETRY_KEYS = frozenset({"autoretry_for", "dont_autoretry_for", "max_retries",
+                        "default_retry_delay", "retry_backoff", "retry_backoff_max",
+                        "retry_jitter", "retry_deadline", "retry_per_exception"})
+_REASONS: dict[GiveUpReason, str] = {
+    "not_retryable": "not retryable", "max_retries": "max_retries reached",
+    "deadline": "the next attempt would start after retry_deadline"}
+
+_WORKER_OPTIONS = (
+    click.Option(["--policies"], metavar="FILE", default=None,
+                 help="celery-policies: the policy file (default: $CELERY_POLICIES_FILE, the "
+                      "policies_file setting, or ./policies.yaml)."),
+    click.Option(["--policies-strict", "--strict", "policies_strict"], is_flag=True,
+                 default=False,
+                 help="celery-policies: refuse to start on any policy warning, such as time "
+                      "limits the pool does not enforce."),
+)
+
+
+@dataclass(frozen=True)
+class TaskPolicy:
+    """What the worker applies to one task: its explanation (effective settings with their
+    sources, as ``explain`` shows them) and, when the plugin owns its retries, the settings
+    the retry wrapper follows."""
+
+    explanation: Explanation
+    retry: RetrySettings | None
+
+    @property
+    def label(self) -> str | None:
+        """The label of the policy that matched last (the most specific), if any."""
+        matched = self.explanation.matched
+        return matched[-1] if matched else None
+
+    def value(self, key: str) -> Any:
+        return self.explanation.settings[key][0].value
+
+
+class Runtime:
+    """The plugin's state for one app: the loaded file and the table of task policies."""
+
+    def __init__(self, app: Celery, path: str | os.PathLike[str] | None) -> None:
+        self.app = app
+        self.path = None if path is None else os.fspath(path)
+        self.policies: Policies | None = None
+        self.matcher: Matcher | None = None
+        self.tasks: dict[str, TaskPolicy] = {}
+        self.loaded_at: datetime | None = None
+        self.pool: str | None = None
+        self._applied_pid: int | None = None
+        self._publish: dict[str, dict[str, Any] | None] = {}
+        self._publish_failed = False
+        self._startup_log: list[tuple[int, str]] = []
+
+    # -- where the file comes from -------------------------------------------------------
+    def locate(self, option: str | None = None) -> str | None:
+        """The policy file: ``install(path=)``, ``--policies``, ``$CELERY_POLICIES_FILE``, the
+        ``policies_file`` setting, then ``./policies.yaml`` if it exists."""
+        for candidate in (self.path, option, os.environ.get(ENV_VAR),
+                          self.app.conf.get(CONF_KEY)):
+            if candidate:
+                return os.fspath(candidate)
+        return DEFAULT_FILE if os.path.isfile(DEFAULT_FILE) else None
+
+    # -- worker side ---------------------------------------------------------------------
+    def on_worker_init(self, sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not self.app:
+            return
+        options = getattr(sender, "options", {}) or {}
+        path = self.locate(options.get("policies"))
+        if path is None:
+            self._later(logging.INFO, "celery-policies: no policy file (--policies, "
+                        f"${ENV_VAR}, the {CONF_KEY} setting or ./{DEFAULT_FILE}): "
+                        "tasks run as their code says")
+            return
+        try:
+            self.apply(load_policies(path, import_exceptions=True))
+        except PolicyFileError as exc:
+            refuse([str(problem) for problem in exc.problems]
+                   + [f"celery-policies: {len(exc.problems)} problem(s) in {exc.path}; "
+                      "the worker does not start with an invalid policy file"])
+        # Children started without fork (worker_pool_start_method=spawn) find the file here.
+        os.environ[ENV_VAR] = os.path.abspath(path)
+        warnings = self.startup_warnings(pool_name(getattr(sender, "pool_cls", "prefork")))
+        if warnings and options.get("policies_strict"):
+            refuse([f"celery-policies: {w}" for w in warnings]
+                   + ["celery-policies: refusing to start because of these warnings "
+                      "(--policies-strict)"])
+        for warning in warnings:
+            self._later(logging.WARNING, f"celery-policies: {warning}")
+        assert self.policies is not None
+        self._later(logging.INFO, f"celery-policies: applied {self.policies.file} "
+                    f"({len(self.policies.model.policies)} policies) to "
+                    f"{sum(bool(p.explanation.matched) for p in self.tasks.values())} of "
+                    f"{len(self.tasks)} tasks; fingerprint {self.fingerprint()}")
+
+    def on_after_setup(self, instance: Any = None, **_: Any) -> None:
+        """Logging is configured only after ``worker_init``: say what happened now."""
+        if getattr(instance, "app", None) is not self.app:
+            return
+        for level, message in self._startup_log:
+            log.log(level, "%s", message)
+        self._startup_log.clear()
+
+    def on_process_init(self, **_: Any) -> None:
+        """A pool child started without fork has none of the main process's patches."""
+        if self._applied_pid is not None or not os.environ.get(ENV_VAR):
+            return
+        self.apply(load_policies(os.environ[ENV_VAR], import_exceptions=True))
+        # The child built its tracers before this signal (process_initializer in
+        # celery/concurrency/prefork.py); they captured the unpatched run: rebuild them.
+        for name in self.tasks:
+            task = self.app.tasks[name]
+            task.__trace__ = build_tracer(name, task, self.app.loader, app=self.app)
+
+    def apply(self, policies: Policies) -> None:
+        """Resolve every registered task once and patch it; idempotent."""
+        self.policies, self.matcher = policies, Matcher(policies)
+        self._publish.clear()
+        tasks = registered_tasks(self.app)
+        explanations = explain(self.matcher, list(tasks), self.app, tasks)
+        self.tasks = {}
+        for item in explanations:
+            task = tasks[item.task]
+            policy = TaskPolicy(item, self._retry_settings(item))
+            self.tasks[item.task] = policy
+            _patch(task, policy, self)
+        self.loaded_at = datetime.now(timezone.utc)
+        self._applied_pid = os.getpid()
+
+    @staticmethod
+    def _retry_settings(item: Explanation) -> RetrySettings | None:
+        """The wrapper's settings, when the file sets a retry key and something retries."""
+        from_file = {key for key, (setting, _) in item.settings.items()
+                     if setting.source.from_file}
+        if not from_file & RETRY_KEYS:
+            return None
+        settings = RetrySettings.from_values(lookup(item.settings))
+        return settings if settings.autoretry_for or settings.per_exception else None
+
+    def retry_settings(self, name: str) -> RetrySettings | None:
+        policy = self.tasks.get(name)
+        return None if policy is None else policy.retry
+
+    def gave_up(self, task: Task, exc: BaseException, reason: GiveUpReason,
+                retries: int) -> None:
+        """Log the end of a task the wrapper stops retrying, with the routes it takes."""
+        policy = self.tasks.get(task.name)
+        routes = policy.value("on_failure") if policy else None
+        log.warning("giving up on %s[%s] after %d retr%s: %s %s (policy %s); on_failure: %s",
+                    task.name, task.request.id, retries, "y" if retries == 1 else "ies",
+                    type(exc).__name__, _REASONS[reason], policy.label if policy else None,
+                    self.describe_routes(routes, type(exc)))
+
+    def describe_routes(self, routes: Any, exc_type: type[BaseException]) -> str:
+        if not routes or self.policies is None:
+            return "none"
+        taken = routes_for(routes, exc_type, dead_letter_queue(self.policies))
+        return ", ".join(f"{kind} {target}" for kind, target in taken) or "none"
+
+    def startup_warnings(self, pool: str) -> list[str]:
+        """Time limits the pool does not enforce, and soft limits the hard one pre-empts."""
+        self.pool = pool
+        warnings = []
+        for key in unenforced(pool):
+            names = [name for name, p in self.tasks.items() if p.value(key) is not None]
+            if names:
+                warnings.append(f"the {pool} pool does not enforce {key}; ignored for "
+                                f"{len(names)} task(s): {', '.join(names)}")
+        for name, soft, hard in limit_conflicts(p.explanation for p in self.tasks.values()):
+            warnings.append(f"task {name!r}: soft_time_limit {soft.value}s ({soft.source}) is "
+                            f"not below time_limit {hard.value}s ({hard.source})")
+        return warnings
+
+    def fingerprint(self) -> str | None:
+        if self.matcher is None:
+            return None
+        return fingerprint(self.matcher, self.tasks)
+
+    def report(self) -> dict[str, Any]:
+        """This worker's answer to ``celery inspect policies``: per task, plain attributes
+        read back from the live task objects, the plugin's own keys from its table."""
+        tasks = {}
+        for name, policy in self.tasks.items():
+            task = self.app.tasks[name]
+            settings = {key: jsonable(policy.value(key) if key in PLUGIN_DEFAULTS
+                                      else code_setting(self.app, task, key).value)
+                        for key in SETTING_KEYS}
+            request = task.Request
+            tasks[name] = {"matched": list(policy.explanation.matched),
+                           "retry_wrapper": policy.retry is not None,
+                           "request_class": request if isinstance(request, str)
+                           else f"{request.__module__}.{request.__qualname__}",
+                           "settings": settings}
+        return {"file": self.policies.file if self.policies else None,
+                "fingerprint": self.fingerprint(), **versions(),
+                "loaded_at": self.loaded_at.isoformat() if self.loaded_at else None,
+                "pool": self.pool, "tasks": tasks}
+
+    def _later(self, level: int, message: str) -> None:
+        self._startup_log.append((level, message))
+
+    # -- publish side --------------------------------------------------------------------
+    def publish_retry_policy(self, name: str) -> dict[str, Any] | None:
+        """The ``retry_policy`` for publishing task ``name``, if the file sets one."""
+        try:
+            return self._publish[name]
+        except KeyError:
+            pass
+        matcher = self.matcher or self._publisher_matcher()
+        value = matcher.resolve(name).get("publish_retry_policy") if matcher else None
+        policy = value.set_values() if value is not None else None
+        self._publish[name] = policy
+        return policy
+
+    def _publisher_matcher(self) -> Matcher | None:
+        """In a process that only publishes, the file is read at the first publish."""
+        if self._publish_failed:
+            return None
+        path = self.locate()
+        try:
+            if path is None:
+                raise FileNotFoundError
+            self.policies = load_policies(path)
+        except (PolicyFileError, FileNotFoundError) as exc:
+            self._publish_failed = True
+            if isinstance(exc, PolicyFileError):
+                log.error("celery-policies: %s is invalid; publishing with Celery's settings:"
+                          "\n%s", path, exc)
+            return None
+        self.matcher = Matcher(self.policies)
+        return self.matcher
+
+
+def _patch(task: Task, policy: TaskPolicy, runtime: Runtime) -> None:
+    """Set the attributes the file gives ``task``; wrap its run; cap its redeliveries."""
+    from_file = {key: setting.value
+                 for key, (setting, _) in policy.explanation.settings.items()
+                 if setting.source.from_file}
+    for key in ATTRIBUTE_KEYS:
+        if key in from_file:
+            value = from_file[key]
+            setattr(task, key, None if value == "unlimited" else value)
+    if "acks_on_failure_or_timeout" in from_file:
+        # Celery 5.7 derives these two from acks_on_failure_or_timeout once, in Task.bind,
+        # and the worker reads only them (celery/worker/request.py on_failure).
+        task.acks_on_failure = task.acks_on_timeout = from_file["acks_on_failure_or_timeout"]
+    task._exec_options = None  # cached copy of time limits used when publishing
+    if policy.retry is not None:
+        retry = policy.retry
+        # Mirrors of the wrapper's settings, so the task reads as it behaves.
+        task.autoretry_for = tuple(r for r in retry.autoretry_for if isinstance(r, type))
+        task.dont_autoretry_for = tuple(r for r in retry.dont_autoretry_for
+                                        if isinstance(r, type))
+        for key in ("retry_backoff", "retry_backoff_max", "retry_jitter"):
+            if key in from_file:
+                setattr(task, key, from_file[key])
+        name = task.name
+        wrap_run(task, lambda: runtime.retry_settings(name), runtime.gave_up)
+    redeliveries = policy.value("max_redeliveries")
+    if (policy.value("acks_late") and policy.value("reject_on_worker_lost")
+            and isinstance(redeliveries, int)):
+        original = task.__dict__.setdefault("_celery_policies_request", task.Request)
+        task.Request = capped_request_class(original, redeliveries)
+
+
+def refuse(lines: list[str]) -> None:
+    """Stop the worker before it consumes anything: a worker never runs half-configured."""
+    for line in lines:
+        print(line, file=sys.stderr)
+    sys.stderr.flush()
+    # SystemExit passes through Celery's signal dispatch (which logs and swallows Exception)
+    # and out of WorkController.__init__: no consumer has started.
+    raise SystemExit(EXIT_CONFIG)
+
+
+def install(app: Celery, path: str | os.PathLike[str] | None = None) -> Runtime:
+    """Apply the policy file to ``app``'s workers; call it once where the app is created.
+
+    The file is ``path``, else the worker's ``--policies FILE``, else
+    ``$CELERY_POLICIES_FILE``, else the ``policies_file`` setting, else ``./policies.yaml``.
+    A worker loads it at startup and refuses to start when it is invalid. In a process that
+    only publishes, only ``publish_retry_policy`` applies. Calling it again changes nothing.
+    """
+    runtime: Runtime | None = getattr(app, RUNTIME_ATTR, None)
+    if runtime is not None:
+        return runtime
+    runtime = Runtime(app, path)
+    setattr(app, RUNTIME_ATTR, runtime)
+    worker_options = app.user_options["worker"]
+    for option in _WORKER_OPTIONS:
+        if not any(o.name == option.name for o in worker_options):
+            worker_options.add(option)
+    uid = f"celery_policies:{id(app)}"
+    signals.worker_init.connect(runtime.on_worker_init, weak=False, dispatch_uid=uid)
+    signals.celeryd_after_setup.connect(runtime.on_after_setup, weak=False, dispatch_uid=uid)
+    signals.worker_process_init.connect(runtime.on_process_init, weak=False, dispatch_uid=uid)
+    _wrap_send_task(app, runtime)
+    return runtime
+
+
+def runtime_of(app: Celery) -> Runtime | None:
+    """The runtime ``install`` attached to ``app``, if any."""
+    return getattr(app, RUNTIME_ATTR, None)
+
+
+def _wrap_send_task(app: Celery, runtime: Runtime) -> None:
+    """Give every publish the task's ``publish_retry_policy`` unless the caller chose one.
+
+    ``Task.apply_async``, ``retry()`` and ``send_task`` by name all publish through
+    ``app.send_task``; a retry policy is not a task attribute Celery reads, so it goes here.
+    """
+    send_task: Callable[..., Any] = app.send_task
+
+    def send_task_with_policy(name: str, *args: Any, **options: Any) -> Any:
+        if options.get("retry_policy") is None:
+            policy = runtime.publish_retry_policy(name)
+            if policy is not None:
+                options["retry_policy"] = policy
+        return send_task(name, *args, **options)
+
+    app.send_task = send_task_with_policy

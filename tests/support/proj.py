@@ -1,0 +1,138 @@
+"""The Celery app the integration tests run in real workers (``celery -A tests.support.proj``).
+
+Its tasks carry no reliability options (but ``proj.code.coded``, which sets its own, to show
+the file wins): everything comes from the policy file the test gives the worker. Each task
+records what happened to it in Redis, under a key the test chooses, so the test can observe
+attempts, their times and the process that ran them.
+
+Environment: ``TEST_BROKER_URL``, ``TEST_RESULT_BACKEND``, ``TEST_COUNTERS_URL``, and
+``TEST_VISIBILITY_TIMEOUT`` (seconds; Redis redelivers unacknowledged messages after it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+
+import celery_policies
+
+REDIS_URL = os.environ.get("CELERY_POLICIES_TEST_REDIS", "redis://127.0.0.1:6379")
+BROKER_URL = os.environ.get("TEST_BROKER_URL", f"{REDIS_URL}/0")
+RESULT_BACKEND = os.environ.get("TEST_RESULT_BACKEND", f"{REDIS_URL}/1")
+COUNTERS_URL = os.environ.get("TEST_COUNTERS_URL", f"{REDIS_URL}/2")
+
+
+def create_app(broker_url: str = BROKER_URL) -> Celery:
+    app = Celery("proj", broker=broker_url, backend=RESULT_BACKEND)
+    visibility = float(os.environ.get("TEST_VISIBILITY_TIMEOUT", "3600"))
+    app.conf.update(
+        # ETA retries run on time, not up to a second late (the default precision).
+        worker_timer_precision=0.05,
+        broker_transport_options={"visibility_timeout": visibility,
+                                  "unacked_restore_interval": 1,
+                                  "unacked_restore_throttle": 1},
+        broker_connection_retry_on_startup=True,
+        result_expires=600,
+        task_track_started=True,
+    )
+    return app
+
+
+app = create_app()
+celery_policies.install(app)
+counters = redis.Redis.from_url(COUNTERS_URL)
+
+
+def record(key: str, event: Any = None) -> None:
+    """Append ``[time, pid, host, event]`` to the Redis list ``key``."""
+    counters.rpush(key, json.dumps([time.time(), os.getpid(), socket.gethostname(), event]))
+
+
+class Flaky(ConnectionError):
+    """A transient error the policies retry."""
+
+
+class Throttled(Exception):
+    """A rate-limit error with its own retry settings."""
+
+
+class Fatal(Exception):
+    """An error no retry fixes."""
+
+
+ERRORS: dict[str, type[Exception]] = {"Flaky": Flaky, "Throttled": Throttled, "Fatal": Fatal}
+
+
+def _flaky(self: Any, key: str, fail_times: int = 0, error: str = "Flaky") -> str:
+    """Fail with ``error`` on the first ``fail_times`` attempts, then succeed."""
+    record(key, self.request.retries)
+    if self.request.retries < fail_times:
+        raise ERRORS[error](f"attempt {self.request.retries + 1} of {self.name}")
+    return "ok"
+
+
+# One body under several names, so that each name gets its own policy.
+for _name in ("backoff", "limited", "deadline", "per_exception", "fatal", "fleet"):
+    app.task(bind=True, name=f"proj.retry.{_name}")(_flaky)
+
+
+@app.task(bind=True, name="proj.code.coded", autoretry_for=(Flaky,), max_retries=5,
+          retry_backoff=True, acks_late=True)
+def coded(self: Any, key: str, fail_times: int = 0, error: str = "Flaky") -> str:
+    """Sets its own retry and acknowledgement options; the file overrides them."""
+    return _flaky(self, key, fail_times, error)
+
+
+@app.task(name="proj.limits.sleepy")
+def sleepy(key: str, seconds: float) -> str:
+    """Sleep; record whether the soft time limit interrupted it."""
+    record(key, "start")
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        record(key, "soft")
+        raise
+    record(key, "done")
+    return "slept"
+
+
+@app.task(name="proj.limits.stubborn")
+def stubborn(key: str, seconds: float) -> str:
+    """Ignore the soft time limit (like code stuck in a C call): only the hard one stops it."""
+    record(key, "start")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            record(key, "soft ignored")
+    record(key, "done")
+    return "finished"
+
+
+@app.task(name="proj.lost.suicide")
+def suicide(key: str) -> None:
+    """Kill the worker process running it, as the OOM killer would."""
+    record(key)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(name="proj.lost.collect")
+def collect(key: str, item: int, seconds: float = 0.0) -> int:
+    """Work for ``seconds``, then add ``item`` to the Redis set ``key``."""
+    time.sleep(seconds)
+    counters.sadd(key, item)
+    return item
+
+
+@app.task(name="proj.noop")
+def noop() -> str:
+    return "ok"
