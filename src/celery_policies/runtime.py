@@ -26,10 +26,12 @@ from celery import Celery, signals
 from celery.app.task import Task
 from celery.app.trace import build_tracer
 
+from ._types import UNLIMITED
 from .appinfo import PLUGIN_DEFAULTS, SETTING_KEYS, code_setting, lookup, registered_tasks
 from .backoff import GiveUpReason, RetrySettings
 from .control import RUNTIME_ATTR, versions
 from .errors import PolicyFileError
+from .exceptions import resolve_refs
 from .explain import (
     Explanation,
     dead_letter_queue,
@@ -56,10 +58,13 @@ DEFAULT_FILE = "policies.yaml"
 #: Exit status of a worker refused because of its policies (sysexits.h EX_CONFIG).
 EXIT_CONFIG = 78
 
-#: Keys applied as plain task attributes (read by the consumer when it starts).
+#: Keys applied as plain task attributes. The consumer reads acks_late, the time limits and
+#: rate_limit when it starts; retry() reads max_retries and default_retry_delay; the autoretry
+#: options mirror what the retry wrapper does, so that the task reads as it behaves.
 ATTRIBUTE_KEYS = ("acks_late", "acks_on_failure_or_timeout", "reject_on_worker_lost",
                   "time_limit", "soft_time_limit", "rate_limit", "max_retries",
-                  "default_retry_delay")
+                  "default_retry_delay", "autoretry_for", "dont_autoretry_for",
+                  "retry_backoff", "retry_backoff_max", "retry_jitter")
 #: Keys that make the plugin's retry wrapper take over a task's retries.
 RETRY_KEYS = frozenset({"autoretry_for", "dont_autoretry_for", "max_retries",
                         "default_retry_delay", "retry_backoff", "retry_backoff_max",
@@ -192,13 +197,11 @@ class Runtime:
 
     @staticmethod
     def _retry_settings(item: Explanation) -> RetrySettings | None:
-        """The wrapper's settings, when the file sets a retry key and something retries."""
-        from_file = {key for key, (setting, _) in item.settings.items()
-                     if setting.source.from_file}
-        if not from_file & RETRY_KEYS:
+        """The wrapper's settings, when the file sets any retry key for the task (then the
+        file's values, merged over the task code's, replace Celery's frozen closure)."""
+        if not any(item.settings[key][0].source.from_file for key in RETRY_KEYS):
             return None
-        settings = RetrySettings.from_values(lookup(item.settings))
-        return settings if settings.autoretry_for or settings.per_exception else None
+        return RetrySettings.from_values(lookup(item.settings))
 
     def retry_settings(self, name: str) -> RetrySettings | None:
         policy = self.tasks.get(name)
@@ -302,21 +305,15 @@ def _patch(task: Task, policy: TaskPolicy, runtime: Runtime) -> None:
     for key in ATTRIBUTE_KEYS:
         if key in from_file:
             value = from_file[key]
-            setattr(task, key, None if value == "unlimited" else value)
+            if key in ("autoretry_for", "dont_autoretry_for"):
+                value = resolve_refs(value)
+            setattr(task, key, None if value == UNLIMITED else value)
     if "acks_on_failure_or_timeout" in from_file:
         # Celery 5.7 derives these two from acks_on_failure_or_timeout once, in Task.bind,
         # and the worker reads only them (celery/worker/request.py on_failure).
         task.acks_on_failure = task.acks_on_timeout = from_file["acks_on_failure_or_timeout"]
     task._exec_options = None  # cached copy of time limits used when publishing
     if policy.retry is not None:
-        retry = policy.retry
-        # Mirrors of the wrapper's settings, so the task reads as it behaves.
-        task.autoretry_for = tuple(r for r in retry.autoretry_for if isinstance(r, type))
-        task.dont_autoretry_for = tuple(r for r in retry.dont_autoretry_for
-                                        if isinstance(r, type))
-        for key in ("retry_backoff", "retry_backoff_max", "retry_jitter"):
-            if key in from_file:
-                setattr(task, key, from_file[key])
         name = task.name
         wrap_run(task, lambda: runtime.retry_settings(name), runtime.gave_up)
     redeliveries = policy.value("max_redeliveries")

@@ -51,9 +51,11 @@ celery_policies.install(app)
 counters = redis.Redis.from_url(COUNTERS_URL)
 
 
-def record(key: str, event: Any = None) -> None:
-    """Append ``[time, pid, host, event]`` to the Redis list ``key``."""
-    counters.rpush(key, json.dumps([time.time(), os.getpid(), socket.gethostname(), event]))
+def record(key: str, event: Any = None, node: str | None = None) -> None:
+    """Append ``[time, pid, node, event]`` to the Redis list ``key`` (``node``: the worker's
+    name, else the machine's)."""
+    counters.rpush(key, json.dumps([time.time(), os.getpid(), node or socket.gethostname(),
+                                    event]))
 
 
 class Flaky(ConnectionError):
@@ -73,7 +75,7 @@ ERRORS: dict[str, type[Exception]] = {"Flaky": Flaky, "Throttled": Throttled, "F
 
 def _flaky(self: Any, key: str, fail_times: int = 0, error: str = "Flaky") -> str:
     """Fail with ``error`` on the first ``fail_times`` attempts, then succeed."""
-    record(key, self.request.retries)
+    record(key, self.request.retries, self.request.hostname)
     if self.request.retries < fail_times:
         raise ERRORS[error](f"attempt {self.request.retries + 1} of {self.name}")
     return "ok"
