@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import click
-from celery import Celery, signals
+from celery import Celery, current_app, signals
 from celery.app.task import Task
 from celery.app.trace import build_tracer
 
@@ -169,16 +169,24 @@ class Runtime:
             log.log(level, "%s", message)
         self._startup_log.clear()
 
-    def on_process_init(self, **_: Any) -> None:
-        """A pool child started without fork has none of the main process's patches."""
+    def on_process_init(self, sender: Any = None, **_: Any) -> None:
+        """A pool child started without fork (``worker_pool_start_method = spawn``) has none
+        of the main process's patches: apply the file the main process loaded again here."""
         if self._applied_pid is not None or not os.environ.get(ENV_VAR):
             return
-        self.apply(load_policies(os.environ[ENV_VAR], import_exceptions=True))
-        # The child built its tracers before this signal (process_initializer in
-        # celery/concurrency/prefork.py); they captured the unpatched run: rebuild them.
-        for name in self.tasks:
-            task = self.app.tasks[name]
-            task.__trace__ = build_tracer(name, task, self.app.loader, app=self.app)
+        # Such a child runs an unpickled copy of the app (Celery.__reduce__), made current by
+        # process_initializer (celery/concurrency/prefork.py), not the module's app.
+        app = current_app._get_current_object()
+        if app is not self.app and app.main != self.app.main:
+            return
+        runtime = install(app, self.path)
+        if runtime._applied_pid is not None:
+            return
+        runtime.apply(load_policies(os.environ[ENV_VAR], import_exceptions=True))
+        # The child built its tracers before this signal; they hold the unpatched run.
+        for name in runtime.tasks:
+            task = app.tasks[name]
+            task.__trace__ = build_tracer(name, task, app.loader, sender, app=app)
 
     def apply(self, policies: Policies) -> None:
         """Resolve every registered task once and patch it; idempotent."""

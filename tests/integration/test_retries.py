@@ -129,3 +129,13 @@ def test_task_code_retry_options_lose_to_the_file(
     error = run(client, shared, "proj.code.coded", f"{key}:throttled", 3, "Throttled")
     assert type(error).__name__ == "Throttled"
     assert len(attempts(counters, f"{key}:throttled")) == 2
+
+
+def test_pool_children_started_without_fork_apply_the_policies_too(
+        client: Celery, workers: Workers, counters: Any, key: str) -> None:
+    worker = workers(RUNTIME_POLICIES, env={"TEST_POOL_START_METHOD": "spawn"})
+    assert run(client, worker, "proj.retry.backoff", key, 2) == "ok"
+    records = attempts(counters, key)
+    assert [r[3] for r in records] == [0, 1, 2]
+    assert_within(gaps(records), [(0.2, 0.4), (0.4, 0.8)])
+    assert "SpawnPoolWorker" in worker.log

@@ -42,6 +42,7 @@ def create_app(broker_url: str = BROKER_URL) -> Celery:
         broker_connection_retry_on_startup=True,
         result_expires=600,
         task_track_started=True,
+        worker_pool_start_method=os.environ.get("TEST_POOL_START_METHOD", "fork"),
     )
     return app
 
