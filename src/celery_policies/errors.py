@@ -65,6 +65,12 @@ class PolicyFileError(PolicyError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
     @property
+    def summary(self) -> str:
+        """``3 problems in policies.yaml``: the line printed after the problems."""
+        count = len(self.problems)
+        return f"{count} problem{'s' if count != 1 else ''} in {self.path}"
+
+    @property
     def path(self) -> str:
         return self.problems[0].file
 

@@ -133,6 +133,15 @@ class Runtime:
     def on_worker_init(self, sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not self.app:
             return
+        try:
+            self._start_worker(sender)
+        except Exception as exc:
+            # Celery's signal dispatch would log this and carry on with a worker patched
+            # half-way; a worker never runs half-configured.
+            log.exception("celery-policies: could not apply the policies")
+            refuse([f"celery-policies: could not apply the policies: {exc!r}"])
+
+    def _start_worker(self, sender: Any) -> None:
         options = getattr(sender, "options", {}) or {}
         path = self.locate(options.get("policies"))
         if path is None:
@@ -143,9 +152,8 @@ class Runtime:
         try:
             self.apply(load_policies(path, import_exceptions=True))
         except PolicyFileError as exc:
-            refuse([str(problem) for problem in exc.problems]
-                   + [f"celery-policies: {len(exc.problems)} problem(s) in {exc.path}; "
-                      "the worker does not start with an invalid policy file"])
+            refuse([*map(str, exc.problems), f"{exc.summary}: the worker does not start "
+                                              "with an invalid policy file (celery-policies)"])
         # Children started without fork (worker_pool_start_method=spawn) find the file here.
         os.environ[ENV_VAR] = os.path.abspath(path)
         warnings = self.startup_warnings(pool_name(getattr(sender, "pool_cls", "prefork")))
@@ -156,8 +164,9 @@ class Runtime:
         for warning in warnings:
             self._later(logging.WARNING, f"celery-policies: {warning}")
         assert self.policies is not None
+        count = len(self.policies.model.policies)
         self._later(logging.INFO, f"celery-policies: applied {self.policies.file} "
-                    f"({len(self.policies.model.policies)} policies) to "
+                    f"({count} polic{'y' if count == 1 else 'ies'}) to "
                     f"{sum(bool(p.explanation.matched) for p in self.tasks.values())} of "
                     f"{len(self.tasks)} tasks; fingerprint {self.fingerprint()}")
 

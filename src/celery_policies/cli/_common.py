@@ -28,8 +28,7 @@ def fail_on_problems(error: PolicyFileError) -> NoReturn:
     """Print every problem of an invalid file and exit 1."""
     for problem in error.problems:
         click.echo(str(problem), err=True)
-    count = len(error.problems)
-    click.echo(f"{count} problem{'s' if count != 1 else ''} in {error.path}", err=True)
+    click.echo(error.summary, err=True)
     sys.exit(1)
 
 
