@@ -49,6 +49,8 @@ def create_app(broker_url: str = BROKER_URL) -> Celery:
 
 app = create_app()
 celery_policies.install(app)
+# Tasks are registered with shared=False: Celery would otherwise add them to every app that
+# the test process finalizes later (the example shop's, in the unit tests).
 counters = redis.Redis.from_url(COUNTERS_URL)
 
 
@@ -84,17 +86,17 @@ def _flaky(self: Any, key: str, fail_times: int = 0, error: str = "Flaky") -> st
 
 # One body under several names, so that each name gets its own policy.
 for _name in ("backoff", "limited", "deadline", "per_exception", "fatal", "fleet"):
-    app.task(bind=True, name=f"proj.retry.{_name}")(_flaky)
+    app.task(bind=True, name=f"proj.retry.{_name}", shared=False)(_flaky)
 
 
 @app.task(bind=True, name="proj.code.coded", autoretry_for=(Flaky,), max_retries=5,
-          retry_backoff=True, acks_late=True)
+          retry_backoff=True, acks_late=True, shared=False)
 def coded(self: Any, key: str, fail_times: int = 0, error: str = "Flaky") -> str:
     """Sets its own retry and acknowledgement options; the file overrides them."""
     return _flaky(self, key, fail_times, error)
 
 
-@app.task(name="proj.limits.sleepy")
+@app.task(name="proj.limits.sleepy", shared=False)
 def sleepy(key: str, seconds: float) -> str:
     """Sleep; record whether the soft time limit interrupted it."""
     record(key, "start")
@@ -107,7 +109,7 @@ def sleepy(key: str, seconds: float) -> str:
     return "slept"
 
 
-@app.task(name="proj.limits.stubborn")
+@app.task(name="proj.limits.stubborn", shared=False)
 def stubborn(key: str, seconds: float) -> str:
     """Ignore the soft time limit (like code stuck in a C call): only the hard one stops it."""
     record(key, "start")
@@ -121,14 +123,14 @@ def stubborn(key: str, seconds: float) -> str:
     return "finished"
 
 
-@app.task(name="proj.lost.suicide")
+@app.task(name="proj.lost.suicide", shared=False)
 def suicide(key: str) -> None:
     """Kill the worker process running it, as the OOM killer would."""
     record(key)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-@app.task(name="proj.lost.collect")
+@app.task(name="proj.lost.collect", shared=False)
 def collect(key: str, item: int, seconds: float = 0.0) -> int:
     """Work for ``seconds``, then add ``item`` to the Redis set ``key``."""
     time.sleep(seconds)
@@ -136,6 +138,6 @@ def collect(key: str, item: int, seconds: float = 0.0) -> int:
     return item
 
 
-@app.task(name="proj.noop")
+@app.task(name="proj.noop", shared=False)
 def noop() -> str:
     return "ok"

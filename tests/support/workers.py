@@ -116,10 +116,10 @@ class Worker:
             self.process.wait(10)
 
     def stop(self) -> None:
-        """Warm shutdown; SIGKILL if it does not finish in time."""
+        """Cold shutdown (the test is over: running tasks may be cut); SIGKILL if slow."""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        os.killpg(self.process.pid, signal.SIGQUIT)
         try:
             self.process.wait(15)
         except subprocess.TimeoutExpired:

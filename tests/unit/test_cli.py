@@ -18,7 +18,7 @@ from tests.conftest import EXAMPLE, ROOT
 
 EXAMPLE_TASKS = ["shop.billing.charge_card", "shop.billing.notify_payment_team",
                  "shop.billing.refund", "shop.emails.send_newsletter", "shop.emails.send_receipt",
-                 "shop.reports.build_monthly_report"]
+                 "shop.reports.build_monthly_report", "shop.reports.render_archive"]
 
 
 def run(*args: str) -> Result:
@@ -73,7 +73,7 @@ def test_check_with_the_app_warns_about_dead_patterns_and_uncovered_tasks(
     assert warnings[1:] == [f"{path}: warning: no policy matches task {name!r} (it gets no "
                             "setting from this file)" for name in EXAMPLE_TASKS
                             if "billing" not in name]
-    assert result.stdout == f"{path}: valid, 1 policy, 4 warnings\n"
+    assert result.stdout == f"{path}: valid, 1 policy, 5 warnings\n"
     assert run("check", str(path), "--app", "examples.shop", "--strict").exit_code == 1
 
 

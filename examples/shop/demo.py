@@ -1,0 +1,266 @@
+"""See ``policies.example.yaml`` at work in a real Celery worker: ``python -m examples.shop.demo``.
+
+It starts ``celery -A examples.shop worker --policies policies.example.yaml`` (prefork, 4
+processes), sends it tasks that fail in different ways, waits for their results, and prints what the
+policies did to each, read from the worker's log: the attempts and the delays the plugin chose,
+the soft and hard time limits, the tasks given up on and the failure routes they would take
+(the plugin names them; it does not run them yet). It takes about 15 seconds.
+
+With no ``CELERY_BROKER_URL`` it needs no broker: the worker and the demo share kombu's
+``filesystem://`` broker and a ``file://`` result backend in a temporary folder. Otherwise it
+uses that broker, e.g. ``CELERY_BROKER_URL=redis://127.0.0.1:6379/7`` (results go to the same
+Redis unless ``CELERY_RESULT_BACKEND`` says otherwise; see ``examples/shop/app.py``).
+
+Exit status: 0 when every task ended as expected, 1 otherwise (the worker's log is kept).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import TimeoutError as ResultTimeout
+from celery.result import AsyncResult
+
+from celery_policies import Matcher, load_policies
+
+from .app import BROKER_DIR_VAR, app, settings_from_env
+from .billing import charge_card
+from .emails import send_receipt
+from .reports import build_monthly_report, render_archive
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY_FILE = "policies.example.yaml"
+#: Seconds to wait for the worker to start, and for all results once the tasks are sent.
+READY_TIMEOUT, RESULTS_TIMEOUT = 30.0, 60.0
+
+LOG_LINE = re.compile(r"^\[(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[\w-]+\] "
+                      r"(?P<message>.*)$")
+_LIMIT = r"time limit \((?P<limit>[\d.]+)s\) exceeded for \S+\[(?P<id>[\w-]+)\]"
+# What the plugin and Celery log about one task; each pattern names the task id ``id``.
+EVENTS: dict[str, re.Pattern[str]] = {
+    "retry": re.compile(r"^retrying \S+\[(?P<id>[\w-]+)\] in (?P<delay>[\d.]+)s after "
+                        r"(?P<exc>\w+) \(retry (?P<retry>\d+)\)"),
+    "give_up": re.compile(r"^giving up on \S+\[(?P<id>[\w-]+)\] after \d+ retr(?:y|ies): "
+                          r"(?P<exc>\w+) (?P<reason>.+) \(policy (?P<policy>[^)]*)\); "
+                          r"on_failure: (?P<routes>.*)$"),
+    "soft": re.compile(rf"^Soft {_LIMIT}"),
+    "hard": re.compile(rf"^Hard {_LIMIT}"),
+    "success": re.compile(r"^Task \S+\[(?P<id>[\w-]+)\] succeeded in"),
+}
+
+
+@dataclass
+class Scenario:
+    """One task sent to the worker, and how it should end."""
+
+    title: str
+    task: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: str
+    exception: str | None = None
+    events: dict[str, int] = field(default_factory=dict)  # event kind: how many expected
+
+
+def scenarios() -> list[Scenario]:
+    return [
+        Scenario("A charge the gateway times out on twice", charge_card, (1001, 4200),
+                 {"fail_first": 2}, "SUCCESS", events={"retry": 2, "success": 1}),
+        Scenario("A declined card", charge_card, (1002, 990), {"decline": True},
+                 "FAILURE", "CardDeclined", {"give_up": 1}),
+        Scenario("A receipt while the mail relay is down once", send_receipt, (1001,),
+                 {"fail_first": 1}, "SUCCESS", events={"retry": 1, "success": 1}),
+        Scenario("A report that takes 9s", build_monthly_report, ("2024-05",),
+                 {"seconds": 9}, "FAILURE", "SoftTimeLimitExceeded", {"soft": 1, "give_up": 1}),
+        Scenario("A report stuck in native code, deaf to the soft limit", render_archive,
+                 ("2024-05",), {"seconds": 12}, "FAILURE", "TimeLimitExceeded",
+                 {"soft": 1, "hard": 1}),
+    ]
+
+
+def use_embedded_broker(folder: Path) -> str:
+    """Point this process, and the worker it starts, at a broker kept in ``folder``."""
+    os.environ["CELERY_BROKER_URL"] = "filesystem://"
+    os.environ[BROKER_DIR_VAR] = str(folder / "broker")
+    return f"filesystem:// in {folder / 'broker'} (embedded: no broker needed)"
+
+
+def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
+    command = ["celery", "-A", "examples.shop", "worker",
+               "--policies", POLICY_FILE, "-c", "4", "-l", "INFO"]
+    print(f"worker   {' '.join(command)}")
+    with log_path.open("wb") as log:
+        # A session of its own: a Ctrl-C reaches the demo only, which then stops the worker.
+        return subprocess.Popen([sys.executable, "-m", *command], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+def wait_until_ready(worker: subprocess.Popen[bytes], log_path: Path) -> bool:
+    started = time.monotonic()
+    while time.monotonic() - started < READY_TIMEOUT:
+        text = log_path.read_text(errors="replace")
+        if re.search(r"^\[[^]]*\] \S+ ready\.$", text, flags=re.MULTILINE):
+            applied = [line.split("] ", 1)[1] for line in text.splitlines()
+                       if "] celery-policies: " in line]
+            print(f"         ready in {time.monotonic() - started:.1f}s; "
+                  + ("; ".join(applied) or "celery-policies said nothing"))
+            return True
+        if worker.poll() is not None:
+            print(f"the worker exited with status {worker.returncode} before it was ready")
+            return False
+        time.sleep(0.1)
+    print(f"the worker was not ready after {READY_TIMEOUT:.0f}s")
+    return False
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)  # warm shutdown: no task is running by now
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+
+
+Event = tuple[float, str, dict[str, str]]  # epoch time, kind (a key of EVENTS), fields
+
+
+def read_events(log_path: Path) -> dict[str, list[Event]]:
+    """The events of the worker's log, per task id."""
+    events: dict[str, list[Event]] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        match = LOG_LINE.match(line)
+        if not match:
+            continue
+        for kind, pattern in EVENTS.items():
+            found = pattern.match(match["message"])
+            if found:
+                when = datetime.strptime(match["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                events.setdefault(found["id"], []).append((when, kind, found.groupdict()))
+    return events
+
+
+def describe(event: Event, attempt: int) -> list[str]:
+    """What one event says, in a line or two."""
+    _, kind, fields = event
+    if kind == "retry":
+        return [f"attempt {attempt} raised {fields['exc']}: retry in {fields['delay']}s"]
+    if kind == "give_up":
+        return [f"attempt {attempt} raised {fields['exc']}: gave up, {fields['reason']} "
+                f"(policy {fields['policy']})",
+                f"failure routes it would take: {fields['routes']}"]
+    if kind == "soft":
+        return [f"soft time limit ({fields['limit']}s) exceeded"]
+    if kind == "hard":
+        return [f"hard time limit ({fields['limit']}s) exceeded: its worker process is killed"]
+    return [f"attempt {attempt} succeeded"]
+
+
+def report(scenario: Scenario, result: AsyncResult, value: Any, sent: float,
+           events: list[Event], matcher: Matcher) -> list[str]:
+    """Print what happened to one task; return what was not as expected."""
+    name = scenario.task.name
+    print(f"\n{scenario.title}\n  {name}[{result.id[:8]}]  "
+          f"policies: {', '.join(matcher.resolve(name).matched) or 'none'}")
+    attempt = 1
+    for event in events:
+        at = f"  {event[0] - sent:+5.1f}s  "
+        for number, line in enumerate(describe(event, attempt)):
+            print((at if number == 0 else " " * len(at)) + line)
+        attempt += event[1] == "retry"
+    state = result.state
+    print(f"  => {state} {value!r}" if state in {"SUCCESS", "FAILURE"}
+          else f"  => {state}: no result after {RESULTS_TIMEOUT:.0f}s")
+
+    problems = []
+    if state != scenario.state:
+        problems.append(f"state {state}, expected {scenario.state}")
+    if scenario.exception and type(value).__name__ != scenario.exception:
+        problems.append(f"{value!r}, expected {scenario.exception}")
+    for kind, count in scenario.events.items():
+        seen = sum(event[1] == kind for event in events)
+        if seen != count:
+            problems.append(f"{seen} '{kind}' lines in the worker's log, expected {count}")
+    for problem in problems:
+        print(f"  UNEXPECTED: {problem}")
+    return problems
+
+
+def send_and_report(worker: subprocess.Popen[bytes], log_path: Path) -> list[str]:
+    """Send every scenario's task, wait for the results, print them; return the problems."""
+    plan = scenarios()
+    sent: list[tuple[AsyncResult, float]] = []
+    for scenario in plan:
+        result = scenario.task.apply_async(scenario.args, scenario.kwargs)
+        sent.append((result, time.time()))
+    print(f"sent {len(sent)} tasks; waiting for their results (the last one takes 10s)")
+    waiting = time.monotonic()
+    deadline = waiting + RESULTS_TIMEOUT
+    values: list[Any] = []
+    for result, _ in sent:
+        try:
+            values.append(result.get(propagate=False,
+                                      timeout=max(deadline - time.monotonic(), 0.1)))
+        except ResultTimeout:
+            values.append(None)
+    print(f"results in after {time.monotonic() - waiting:.1f}s; stopping the worker")
+    stop_worker(worker)  # its log is complete once it has stopped
+    events = read_events(log_path)
+    matcher = Matcher(load_policies(ROOT / POLICY_FILE))
+    problems = []
+    for scenario, (result, at), value in zip(plan, sent, values, strict=True):
+        problems += report(scenario, result, value, at, events.get(result.id, []), matcher)
+    return problems
+
+
+def main() -> int:
+    started = time.monotonic()
+    folder = Path(tempfile.mkdtemp(prefix="celery-policies-demo-"))
+    broker = os.environ.get("CELERY_BROKER_URL")
+    if not broker:
+        broker = use_embedded_broker(folder)
+    elif broker.startswith("memory://"):
+        print("CELERY_BROKER_URL=memory:// cannot reach a worker in another process: unset it "
+              "for the embedded broker")
+        return 2
+    os.environ["CELERY_POLICIES_FILE"] = str(ROOT / POLICY_FILE)  # for this process's sends
+    # The app read the environment when this package was imported: read it again.
+    app.conf.update(settings_from_env())
+    print(f"broker   {broker}\nresults  {app.conf.result_backend}")
+
+    log_path = folder / "worker.log"
+    worker = start_worker(log_path)
+    problems = ["the worker did not start"]
+    try:
+        if wait_until_ready(worker, log_path):
+            problems = send_and_report(worker, log_path)
+    finally:
+        stop_worker(worker)
+    if problems == ["the worker did not start"]:
+        print(*log_path.read_text(errors="replace").splitlines()[-20:], sep="\n")
+    if problems:
+        print(f"\n{len(problems)} unexpected outcome(s); the worker's log: {log_path}")
+        return 1
+    shutil.rmtree(folder, ignore_errors=True)
+    print(f"\nall as expected, in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the worker was stopped on the way out
+        sys.exit(130)
