@@ -116,7 +116,7 @@ class Runtime:
         self.pool: str | None = None
         self._applied_pid: int | None = None
         self._publish: dict[str, dict[str, Any] | None] = {}
-        self._publish_failed = False
+        self._publisher_read = False
         self._startup_log: list[tuple[int, str]] = []
 
     # -- where the file comes from -------------------------------------------------------
@@ -296,19 +296,18 @@ class Runtime:
         return policy
 
     def _publisher_matcher(self) -> Matcher | None:
-        """In a process that only publishes, the file is read at the first publish."""
-        if self._publish_failed:
+        """In a process that only publishes, the file is read once, at the first publish."""
+        if self._publisher_read:
             return None
+        self._publisher_read = True
         path = self.locate()
+        if path is None:
+            return None
         try:
-            if path is None:
-                raise FileNotFoundError
             self.policies = load_policies(path)
-        except (PolicyFileError, FileNotFoundError) as exc:
-            self._publish_failed = True
-            if isinstance(exc, PolicyFileError):
-                log.error("celery-policies: %s is invalid; publishing with Celery's settings:"
-                          "\n%s", path, exc)
+        except PolicyFileError as exc:
+            log.error("celery-policies: %s is invalid; publishing with Celery's settings:\n%s",
+                      path, exc)
             return None
         self.matcher = Matcher(self.policies)
         return self.matcher
