@@ -36,7 +36,7 @@ class RedeliveriesExhausted(PolicyError):
     """A task's worker process died once more after ``max_redeliveries`` redeliveries."""
 
 
-def _lost(request: Any, exc: BaseException) -> bool:
+def lost(request: Any, exc: BaseException) -> bool:
     """Whether ``exc`` reports a lost worker process, as Celery's ``Request.on_failure``
     decides: a ``SystemExit`` the worker did not cause itself also counts (billiard >= 4.3)."""
     if isinstance(exc, WorkerLostError):
@@ -49,7 +49,7 @@ def _lost(request: Any, exc: BaseException) -> bool:
 def capped_request_class(request: str | type[Request], max_redeliveries: int) -> type[Request]:
     """A subclass of a task's request class (``Task.Request``, a class or its dotted path)
     that redelivers at most ``max_redeliveries`` times."""
-    base: type[Request] = symbol_by_name(request)  # type: ignore[no-untyped-call]
+    base: type[Request] = symbol_by_name(request)
 
     class CappedRequest(base):  # type: ignore[misc]
         def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True,
@@ -57,7 +57,7 @@ def capped_request_class(request: str | type[Request], max_redeliveries: int) ->
             exc = exc_info.exception
             if isinstance(exc, ExceptionWithTraceback):
                 exc = exc.exc
-            if _lost(self, exc):
+            if lost(self, exc):
                 done = int(self._request_dict.get(REDELIVERIES_HEADER) or 0)
                 if done < max_redeliveries:
                     if self._redeliver(done + 1, exc):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import suppress
 from functools import wraps
 from time import time
 from typing import Any
@@ -24,6 +25,9 @@ log = logging.getLogger("celery_policies")
 
 #: Message header carrying the time (epoch seconds) the first attempt started, across retries.
 FIRST_ATTEMPT_HEADER = "celery_policies_first_attempt"
+#: Set on an exception the wrapper stopped retrying: why (a ``GiveUpReason``). It travels
+#: with the pickled exception from the pool child to the worker's main process.
+GAVE_UP_ATTR = "celery_policies_gave_up"
 #: Marks a task whose ``run`` is the plugin's wrapper; holds the run it wraps.
 ORIGINAL_RUN = "_celery_policies_run"
 
@@ -67,6 +71,8 @@ def wrap_run(task: Task, settings_for: Callable[[], RetrySettings | None],
             first = float(headers.get(FIRST_ATTEMPT_HEADER, started))
             decision = settings.decide(type(exc), request.retries, time() - first)
             if isinstance(decision, GiveUp):
+                with suppress(AttributeError, TypeError):  # no __dict__ to carry it
+                    setattr(exc, GAVE_UP_ATTR, decision.reason)
                 gave_up(task, exc, decision.reason, request.retries)
                 raise
             log.info("retrying %s[%s] in %.2fs after %s (retry %d)", task.name, request.id,

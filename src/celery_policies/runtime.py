@@ -45,6 +45,7 @@ from .matching import Matcher
 from .pools import pool_name, unenforced
 from .redelivery import capped_request_class
 from .retrying import wrap_run
+from .routes import FailureRouter, routed_request_class
 from .simulation import routes_for
 
 log = logging.getLogger("celery_policies")
@@ -118,16 +119,13 @@ class Runtime:
         self._publish: dict[str, dict[str, Any] | None] = {}
         self._publisher_read = False
         self._startup_log: list[tuple[int, str]] = []
+        self.router = FailureRouter(app, self.routes_taken, self.label,
+                                    self.publish_retry_policy)
 
     # -- where the file comes from -------------------------------------------------------
     def locate(self, option: str | None = None) -> str | None:
-        """The policy file: ``install(path=)``, ``--policies``, ``$CELERY_POLICIES_FILE``, the
-        ``policies_file`` setting, then ``./policies.yaml`` if it exists."""
-        for candidate in (self.path, option, os.environ.get(ENV_VAR),
-                          self.app.conf.get(CONF_KEY)):
-            if candidate:
-                return os.fspath(candidate)
-        return DEFAULT_FILE if os.path.isfile(DEFAULT_FILE) else None
+        """The policy file: ``install(path=)``, ``--policies``, then as ``locate_file``."""
+        return locate_file(self.app, self.path, option)
 
     # -- worker side ---------------------------------------------------------------------
     def on_worker_init(self, sender: Any = None, **_: Any) -> None:
@@ -201,6 +199,8 @@ class Runtime:
         """Resolve every registered task once and patch it; idempotent."""
         self.policies, self.matcher = policies, Matcher(policies)
         self._publish.clear()
+        section = policies.model.dead_letter
+        self.router.max_length = section.max_length if section is not None else None
         tasks = registered_tasks(self.app)
         explanations = explain(self.matcher, list(tasks), self.app, tasks)
         self.tasks = {}
@@ -239,6 +239,18 @@ class Runtime:
             return "none"
         taken = routes_for(routes, exc_type, dead_letter_queue(self.policies))
         return ", ".join(f"{kind} {target}" for kind, target in taken) or "none"
+
+    def routes_taken(self, name: str, exc_type: type[BaseException]) -> list[tuple[str, str]]:
+        """The failure routes task ``name`` takes when it fails for good with ``exc_type``."""
+        policy = self.tasks.get(name)
+        routes = policy.value("on_failure") if policy else None
+        if not routes or self.policies is None:
+            return []
+        return routes_for(routes, exc_type, dead_letter_queue(self.policies))
+
+    def label(self, name: str) -> str | None:
+        policy = self.tasks.get(name)
+        return policy.label if policy else None
 
     def startup_warnings(self, pool: str) -> list[str]:
         """Time limits the pool does not enforce, and soft limits the hard one pre-empts."""
@@ -332,11 +344,26 @@ def _patch(task: Task, policy: TaskPolicy, runtime: Runtime) -> None:
     if policy.retry is not None:
         name = task.name
         wrap_run(task, lambda: runtime.retry_settings(name), runtime.gave_up)
+    # The request class runs in the worker's main process: failure routes, then the cap on
+    # redeliveries (which hands the final failure down to the routes).
+    request = task.__dict__.setdefault("_celery_policies_request", task.Request)
+    if policy.value("on_failure"):
+        request = routed_request_class(request, runtime.router)
     redeliveries = policy.value("max_redeliveries")
     if (policy.value("acks_late") and policy.value("reject_on_worker_lost")
             and isinstance(redeliveries, int)):
-        original = task.__dict__.setdefault("_celery_policies_request", task.Request)
-        task.Request = capped_request_class(original, redeliveries)
+        request = capped_request_class(request, redeliveries)
+    task.Request = request
+
+
+def locate_file(app: Celery | None, *given: str | None) -> str | None:
+    """The first of ``given`` that is set, else ``$CELERY_POLICIES_FILE``, else the app's
+    ``policies_file`` setting, else ``./policies.yaml`` if it exists."""
+    setting = app.conf.get(CONF_KEY) if app is not None else None
+    for candidate in (*given, os.environ.get(ENV_VAR), setting):
+        if candidate:
+            return os.fspath(candidate)
+    return DEFAULT_FILE if os.path.isfile(DEFAULT_FILE) else None
 
 
 def refuse(lines: list[str]) -> None:

@@ -5,8 +5,10 @@ the file wins): everything comes from the policy file the test gives the worker.
 records what happened to it in Redis, under a key the test chooses, so the test can observe
 attempts, their times and the process that ran them.
 
-Environment: ``TEST_BROKER_URL``, ``TEST_RESULT_BACKEND``, ``TEST_COUNTERS_URL``, and
-``TEST_VISIBILITY_TIMEOUT`` (seconds; Redis redelivers unacknowledged messages after it).
+Environment: ``TEST_BROKER_URL``, ``TEST_RESULT_BACKEND``, ``TEST_COUNTERS_URL``,
+``TEST_VISIBILITY_TIMEOUT`` (seconds; Redis redelivers unacknowledged messages after it) and
+``TEST_DEFAULT_QUEUE`` (where tasks sent by name without a queue go, such as failure
+callbacks: the test worker's own queue).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def create_app(broker_url: str = BROKER_URL) -> Celery:
         result_expires=600,
         task_track_started=True,
         worker_pool_start_method=os.environ.get("TEST_POOL_START_METHOD", "fork"),
+        task_default_queue=os.environ.get("TEST_DEFAULT_QUEUE", "celery"),
     )
     return app
 
@@ -136,6 +139,30 @@ def collect(key: str, item: int, seconds: float = 0.0) -> int:
     time.sleep(seconds)
     counters.sadd(key, item)
     return item
+
+
+@app.task(name="proj.dlq.fixable", shared=False)
+def fixable(key: str) -> str:
+    """Fail with ``Fatal`` until the test sets ``<key>:fixed`` (the cause is fixed)."""
+    fixed = bool(counters.exists(f"{key}:fixed"))
+    record(key, "ok" if fixed else "failed")
+    if not fixed:
+        raise Fatal(f"{key} is not fixed yet")
+    return "ok"
+
+
+@app.task(name="proj.dlq.slow_fail", shared=False)
+def slow_fail(key: str, seconds: float) -> None:
+    """Work for ``seconds``, then fail for good."""
+    record(key, "start")
+    time.sleep(seconds)
+    raise Fatal(f"{key} failed after {seconds}s")
+
+
+@app.task(name="proj.callbacks.failed", shared=False)
+def failed(**details: Any) -> None:
+    """A failure route's callback: record what it was given under ``<args[0]>:callback``."""
+    record(f"{details['args'][0]}:callback", details)
 
 
 @app.task(name="proj.noop", shared=False)

@@ -8,6 +8,7 @@ import sys
 import click
 
 from .check import check
+from .dlq import dlq
 from .explain import explain
 from .schema import schema
 from .simulate import simulate
@@ -16,7 +17,8 @@ from .simulate import simulate
 @click.group(name="policies")
 @click.version_option(package_name="celery-policies")
 def policies() -> None:
-    """See, check and simulate what a celery-policies file does to your tasks."""
+    """See, check and simulate what a celery-policies file does to your tasks; inspect and
+    replay its dead letters."""
     # Like `celery -A`, find the application's modules (and exceptions) from where it runs.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -26,6 +28,7 @@ policies.add_command(check)
 policies.add_command(explain)
 policies.add_command(simulate)
 policies.add_command(schema)
+policies.add_command(dlq)
 
 
 def main() -> None:

@@ -1,0 +1,293 @@
+"""Dead letters: a failed task's own message, with what happened to it in one header.
+
+A dead letter is the task message exactly as the worker received it (the serialized body,
+untouched, with its content type and encoding; the task's headers; ``correlation_id`` and
+``reply_to``) plus the header ``celery_policies_failure``, a dict that says why, where and when
+the task failed. Nothing is decoded or re-encoded on the way in or out, so a dead letter
+replays byte for byte whatever serializer or compression the app uses.
+
+The plugin publishes dead letters itself, on every broker the same way, to a durable queue
+through the default exchange. Redis has no dead-lettering (kombu deletes a message rejected
+without requeue) and RabbitMQ's dead-letter exchanges need queue arguments fixed when a queue
+is first declared, which fail with PRECONDITION_FAILED on queues that already exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from uuid import uuid4
+
+from kombu.connection import Connection
+from kombu.entity import Queue
+from kombu.messaging import Producer
+from kombu.serialization import loads
+
+from .retrying import FIRST_ATTEMPT_HEADER
+
+#: The header of a dead letter holding its failure record (a dict; see ``failure_record``).
+FAILURE_HEADER = "celery_policies_failure"
+#: The header counting how often a message was replayed from a dead-letter queue.
+REPLAYS_HEADER = "celery_policies_replays"
+#: Headers that describe one run of a task, dropped when it is replayed (fresh retry budget).
+RUN_HEADERS = (FAILURE_HEADER, FIRST_ATTEMPT_HEADER, "celery_policies_redeliveries")
+#: A dead letter's traceback keeps at most this many characters: the end, where it failed.
+TRACEBACK_LIMIT = 8192
+#: A dead letter's exception message keeps at most this many characters.
+MESSAGE_LIMIT = 2048
+#: Content types whose bodies are decoded to show args and kwargs (never pickle).
+SAFE_CONTENT = frozenset({"application/json", "application/x-msgpack", "application/x-yaml"})
+#: Why a task failed for good.
+REASONS = ("exception", "deadline", "time_limit", "worker_lost", "rejected")
+#: The message properties a dead letter keeps (priority goes into the failure record, so
+#: that Redis keeps every dead letter in one list rather than one per priority).
+_PROPERTIES = ("correlation_id", "reply_to")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A serialized message and what describes it, ready to publish."""
+
+    body: bytes
+    content_type: str | None
+    content_encoding: str | None
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+
+    @classmethod
+    def of(cls, message: Any) -> Envelope:
+        """The envelope of a received kombu message."""
+        body = message.body
+        if isinstance(body, str):
+            body = body.encode(message.content_encoding or "utf-8")
+        properties = {key: message.properties[key] for key in (*_PROPERTIES, "priority")
+                      if message.properties.get(key) is not None}
+        return cls(body, message.content_type, message.content_encoding,
+                   dict(message.headers or {}), properties)
+
+    def jsonable(self) -> dict[str, Any]:
+        """Everything needed to publish it again by hand, as JSON-friendly data."""
+        try:
+            body, encoding = self.body.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            body, encoding = base64.b64encode(self.body).decode("ascii"), "base64"
+        return {"body": body, "body_encoding": encoding, "content_type": self.content_type,
+                "content_encoding": self.content_encoding, "headers": self.headers,
+                "properties": self.properties}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def epoch_iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def clip_traceback(text: str | None) -> str | None:
+    """The last ``TRACEBACK_LIMIT`` characters of a traceback, saying how much was cut."""
+    if text is None or len(text) <= TRACEBACK_LIMIT:
+        return text
+    cut = len(text) - TRACEBACK_LIMIT
+    return f"[{cut} characters cut]\n{text[-TRACEBACK_LIMIT:]}"
+
+
+def exception_name(exc_type: type[BaseException]) -> str:
+    """``module.Qualname``, or just the name for builtins."""
+    if exc_type.__module__ == "builtins":
+        return exc_type.__qualname__
+    return f"{exc_type.__module__}.{exc_type.__qualname__}"
+
+
+def dead_letter(envelope: Envelope, failure: dict[str, Any]) -> Envelope:
+    """The dead letter of a failed task's message."""
+    properties = {k: v for k, v in envelope.properties.items() if k in _PROPERTIES}
+    return Envelope(envelope.body, envelope.content_type, envelope.content_encoding,
+                    {**envelope.headers, FAILURE_HEADER: failure}, properties)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One message read from a dead-letter queue. ``handle`` is the store's own reference
+    to it (what ``remove`` needs)."""
+
+    envelope: Envelope
+    handle: Any = None
+
+    @property
+    def failure(self) -> dict[str, Any]:
+        record = self.envelope.headers.get(FAILURE_HEADER)
+        return record if isinstance(record, dict) else {}
+
+    @property
+    def id(self) -> str:
+        return str(self.envelope.headers.get("id")
+                   or self.envelope.properties.get("correlation_id") or "?")
+
+    @property
+    def task(self) -> str:
+        return str(self.envelope.headers.get("task") or "?")
+
+    @property
+    def failed_at(self) -> datetime | None:
+        value = self.failure.get("failed_at")
+        try:
+            return datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+
+    def arguments(self) -> tuple[Any, Any]:
+        """``(args, kwargs)`` decoded from the body, or ``(None, None)`` when its content
+        type is not one read safely here (pickle is never loaded)."""
+        envelope = self.envelope
+        if envelope.content_type not in SAFE_CONTENT:
+            return None, None
+        try:
+            body = loads(envelope.body, envelope.content_type, envelope.content_encoding,
+                         accept=SAFE_CONTENT)
+        except Exception:
+            return None, None
+        if isinstance(body, dict):  # task protocol 1
+            return body.get("args"), body.get("kwargs")
+        if isinstance(body, list | tuple) and len(body) >= 2:
+            return body[0], body[1]
+        return None, None
+
+    def summary(self) -> dict[str, Any]:
+        """What ``dlq list --format json`` prints for it."""
+        failure = self.failure
+        args, kwargs = self.arguments()
+        return {"id": self.id, "task": self.task, "reason": failure.get("reason"),
+                "exception": failure.get("exception"),
+                "exception_message": failure.get("exception_message"),
+                "retries": failure.get("retries"), "failed_at": failure.get("failed_at"),
+                "queue": failure.get("queue"), "policy": failure.get("policy"),
+                "hostname": failure.get("hostname"), "args": args, "kwargs": kwargs}
+
+    def replay(self, *, new_id: bool = False) -> Envelope:
+        """The message to put back on a work queue: the original, with a fresh retry budget
+        (``retries`` 0, no first-attempt time), no ``eta`` or ``expires`` (an expired task
+        would be discarded unrun), and the replay counted."""
+        envelope = self.envelope
+        headers = {k: v for k, v in envelope.headers.items() if k not in RUN_HEADERS}
+        headers.update(retries=0, eta=None, expires=None)
+        headers[REPLAYS_HEADER] = int(headers.get(REPLAYS_HEADER) or 0) + 1
+        properties = dict(envelope.properties)
+        priority = self.failure.get("priority")
+        if priority is not None:
+            properties["priority"] = priority
+        if new_id:
+            old, new = headers.get("id"), str(uuid4())
+            headers["id"] = properties["correlation_id"] = new
+            if headers.get("root_id") == old:
+                headers["root_id"] = new
+        return Envelope(envelope.body, envelope.content_type, envelope.content_encoding,
+                        headers, properties)
+
+    def origin(self) -> str | None:
+        """The queue the task came from."""
+        queue = self.failure.get("queue")
+        return queue if isinstance(queue, str) and queue else None
+
+
+class Publisher:
+    """Publishes envelopes to queues by name, declaring each queue durable the first time.
+
+    On RabbitMQ it waits for the broker's confirm (``confirm_publish``), so a publish that
+    returns is stored; Redis confirms by answering the LPUSH. Thread-safe.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        if connection.transport.driver_type == "amqp":
+            connection = connection.clone(transport_options={
+                **(connection.transport_options or {}), "confirm_publish": True})
+        self.connection = connection
+        self._declared: set[str] = set()
+        self._lock = threading.Lock()
+
+    def publish(self, envelope: Envelope, queue: str,
+                retry_policy: dict[str, Any] | None = None, *, declare: bool = True) -> None:
+        """Publish ``envelope`` to ``queue`` (declared first unless ``declare`` is false);
+        retry as ``retry_policy`` says (kombu's ``ensure`` keys), then raise."""
+        policy = dict(retry_policy or {})
+        policy.setdefault("max_retries", 0)
+        with self._lock:
+            self.connection.ensure_connection(**_connect_policy(policy))
+            self.connection.ensure(self, self._publish, **policy)(envelope, queue, declare)
+
+    def missing(self, queues: Iterable[str]) -> list[str]:
+        """The queues that do not exist, on RabbitMQ (which drops what is published to
+        them). Redis and the filesystem create a queue with its first message."""
+        if self.connection.transport.driver_type != "amqp":
+            return []
+        with self._lock:
+            return [queue for queue in queues if not _exists(self.connection, queue)]
+
+    def revive(self, channel: Any) -> None:
+        """Called by kombu's ``ensure`` after reconnecting."""
+        self._declared.clear()
+
+    def _publish(self, envelope: Envelope, queue: str, declare: bool) -> None:
+        channel = self.connection.default_channel
+        if declare and queue not in self._declared:
+            declare_queue(self.connection, queue)
+            self._declared.add(queue)
+        Producer(channel).publish(
+            envelope.body, exchange="", routing_key=queue, serializer=None,
+            content_type=envelope.content_type or "application/data",
+            content_encoding=envelope.content_encoding or "binary",
+            headers=envelope.headers, delivery_mode=2, **envelope.properties)
+
+    def queue_size(self, queue: str) -> int:
+        with self._lock, self.connection.channel() as channel:
+            return int(Queue(queue)(channel).queue_declare(passive=True).message_count)
+
+    def drop_oldest(self, queue: str, count: int) -> list[DeadLetter]:
+        """Remove the ``count`` oldest messages of ``queue``; return what was removed."""
+        dropped = []
+        with self._lock, self.connection.channel() as channel:
+            bound = Queue(queue)(channel)
+            for _ in range(count):
+                message = bound.get(no_ack=True)
+                if message is None:
+                    break
+                dropped.append(DeadLetter(Envelope.of(message)))
+        return dropped
+
+    def close(self) -> None:
+        self.connection.release()
+
+
+def declare_queue(connection: Connection, name: str) -> None:
+    """Make sure queue ``name`` exists: used as it is if it does (its arguments may differ
+    from ours: declaring it again with other arguments fails), else declared durable."""
+    if not _exists(connection, name):
+        with connection.channel() as channel:
+            Queue(name, durable=True, auto_delete=False)(channel).declare()
+
+
+def _exists(connection: Connection, name: str) -> bool:
+    with connection.channel() as channel:
+        try:
+            Queue(name)(channel).queue_declare(passive=True)
+            return True
+        except connection.channel_errors:
+            return False  # NOT_FOUND; RabbitMQ has closed that channel
+
+
+def _connect_policy(policy: dict[str, Any]) -> dict[str, Any]:
+    keys = ("max_retries", "interval_start", "interval_step", "interval_max")
+    return {key: policy[key] for key in keys if key in policy}
+
+
+def matches_exception(letter: DeadLetter, names: Iterable[str]) -> bool:
+    """Whether the dead letter's exception is one of ``names`` (dotted or bare class name)."""
+    recorded = str(letter.failure.get("exception") or "")
+    short = recorded.rpartition(".")[2]
+    return any(name in (recorded, short) for name in names)

@@ -1,0 +1,265 @@
+"""Failure routes: what happens once a task has failed for good.
+
+All of it happens in the worker's main process, in the task's request class, for three
+reasons. Every final failure passes through there: ordinary exceptions come back from the pool
+child (``Request.on_success`` → ``on_failure``), and hard time limits and lost worker processes
+never reach a child at all (``on_timeout``, ``on_failure`` with ``WorkerLostError``). The
+received message is there, so a dead letter is the original, byte for byte. And the
+acknowledgement is decided there: routes run before it, so with ``acks_late`` a message is
+acknowledged only after its dead letter is stored.
+
+Celery calls these handlers zero, one or two times for one hard time limit depending on pool
+and version (celery#7687, #6077: billiard calls ``on_failure`` with ``TimeLimitExceeded`` and
+then ``on_timeout``); a request takes its routes at most once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
+from celery import Celery
+from celery.exceptions import (
+    Ignore,
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+    Terminated,
+    TimeLimitExceeded,
+)
+from celery.worker import state
+from celery.worker.request import Request
+from kombu.utils.imports import symbol_by_name
+
+from .deadletter import (
+    MESSAGE_LIMIT,
+    Envelope,
+    Publisher,
+    clip_traceback,
+    dead_letter,
+    epoch_iso,
+    exception_name,
+    now_iso,
+)
+from .redelivery import REDELIVERIES_HEADER, RedeliveriesExhausted, lost
+from .retrying import FIRST_ATTEMPT_HEADER, GAVE_UP_ATTR
+
+log = logging.getLogger("celery_policies")
+
+#: The routes a task takes for an exception type: ``[("dead_letter", queue) | ("task", name)]``.
+RoutesFor = Callable[[str, type[BaseException]], list[tuple[str, str]]]
+
+
+class FailureRouter:
+    """Runs failure routes for one worker: publishes dead letters and sends callback tasks.
+
+    ``routes_for(task_name, exc_type)`` says which routes to take; ``label_for(task_name)``
+    names the matching policy; ``retry_policy_for(task_name)`` is the publish retry policy.
+    """
+
+    def __init__(self, app: Celery, routes_for: RoutesFor,
+                 label_for: Callable[[str], str | None],
+                 retry_policy_for: Callable[[str], dict[str, Any] | None],
+                 max_length: int | None = None) -> None:
+        self.app = app
+        self.routes_for = routes_for
+        self.label_for = label_for
+        self.retry_policy_for = retry_policy_for
+        self.max_length = max_length
+        self._publisher: Publisher | None = None
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = Publisher(self.app.connection_for_write())
+        return self._publisher
+
+    def route(self, request: Any, exc: BaseException, traceback: str | None,
+              reason: str) -> bool:
+        """Take the failure routes of ``request``'s task; False if any could not be taken
+        (each such route is then logged at CRITICAL with everything needed to redo it)."""
+        taken = self.routes_for(request.name, type(exc))
+        if not taken:
+            return True
+        envelope = Envelope.of(request._message)
+        failure = self.failure_record(request, envelope, exc, traceback, reason)
+        policy = self.retry_policy_for(request.name) or self.app.conf.task_publish_retry_policy
+        ok = True
+        for kind, target in taken:
+            try:
+                if kind == "dead_letter":
+                    self._dead_letter(dead_letter(envelope, failure), target, policy)
+                    log.info("dead-lettered %s[%s] to %s: %s %s", request.name, request.id,
+                             target, reason, failure["exception"])
+                else:
+                    self._callback(target, request, failure, policy)
+                    log.info("sent %s for failed %s[%s]", target, request.name, request.id)
+            except Exception as error:
+                ok = False
+                what = (dead_letter(envelope, failure).jsonable() if kind == "dead_letter"
+                        else self.callback_kwargs(request, failure))
+                log.critical("could not %s %s[%s] (%r); it is not stored anywhere else, "
+                             "recover it from this line: %s",
+                             f"dead-letter to {target}" if kind == "dead_letter"
+                             else f"send {target} for", request.name, request.id, error,
+                             json.dumps({"route": kind, "target": target, "message": what},
+                                        default=repr))
+        return ok
+
+    def failure_record(self, request: Any, envelope: Envelope, exc: BaseException,
+                       traceback: str | None, reason: str) -> dict[str, Any]:
+        """The ``celery_policies_failure`` header of a dead letter."""
+        headers = envelope.headers
+        delivery = request.delivery_info or {}
+        first = headers.get(FIRST_ATTEMPT_HEADER)
+        return {
+            "reason": reason,
+            "exception": exception_name(type(exc)),
+            "exception_message": _message(exc)[:MESSAGE_LIMIT],
+            "traceback": clip_traceback(traceback),
+            "retries": int(headers.get("retries") or 0),
+            "redeliveries": int(headers.get(REDELIVERIES_HEADER) or 0),
+            "first_attempt_at": epoch_iso(float(first) if first else request.time_start),
+            "last_attempt_at": epoch_iso(request.time_start),
+            "failed_at": now_iso(),
+            "hostname": request.hostname,
+            "policy": self.label_for(request.name),
+            "queue": self._origin(delivery),
+            "exchange": delivery.get("exchange"),
+            "routing_key": delivery.get("routing_key"),
+            "priority": envelope.properties.get("priority"),
+        }
+
+    @staticmethod
+    def callback_kwargs(request: Any, failure: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments a ``task:`` route's callback receives."""
+        return {"task_id": request.id, "task_name": request.name, "args": request.args,
+                "kwargs": request.kwargs, "exception_type": failure["exception"],
+                "exception_message": failure["exception_message"],
+                "reason": failure["reason"], "retries": failure["retries"],
+                "policy": failure["policy"], "hostname": failure["hostname"]}
+
+    def _dead_letter(self, envelope: Envelope, queue: str, policy: dict[str, Any]) -> None:
+        self.publisher.publish(envelope, queue, policy)
+        if self.max_length is None:
+            return
+        excess = self.publisher.queue_size(queue) - self.max_length
+        if excess > 0:
+            for old in self.publisher.drop_oldest(queue, excess):
+                log.warning("dead-letter queue %s is over max_length %d: dropped its oldest "
+                            "dead letter, %s[%s] (failed at %s)", queue, self.max_length,
+                            old.task, old.id, old.failure.get("failed_at"))
+
+    def _callback(self, name: str, request: Any, failure: dict[str, Any],
+                  policy: dict[str, Any]) -> None:
+        publisher = self.publisher
+        with publisher._lock:
+            publisher.connection.ensure_connection(max_retries=policy.get("max_retries", 0))
+            self.app.send_task(name, kwargs=self.callback_kwargs(request, failure),
+                               producer=publisher.connection.Producer(), retry=True,
+                               retry_policy=policy)
+
+    def _origin(self, delivery: dict[str, Any]) -> str | None:
+        """The name of the worker queue the message came from (by exchange and routing key)."""
+        exchange, key = delivery.get("exchange") or "", delivery.get("routing_key")
+        for queue in self.app.amqp.queues.values():
+            if queue.routing_key == key and (queue.exchange.name or "") in (exchange, ""):
+                return str(queue.name)
+        return key
+
+    def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, TimeLimitExceeded) and exc.args:  # str() gives "TimeLimitExceeded(2,)"
+        return f"hard time limit ({exc.args[0]}s) exceeded"
+    return str(exc)
+
+
+def final_reason(request: Any, exc: BaseException) -> str | None:
+    """Why ``request`` failed for good, or None when Celery does not end it here (a retry, a
+    requeue, a revoke, a cold shutdown). Mirrors ``celery/worker/request.py`` ``on_failure``."""
+    if isinstance(exc, Retry | Ignore | Terminated) or state.should_terminate:
+        return None
+    if isinstance(exc, Reject):
+        return None if exc.requeue else "rejected"
+    task = request.task
+    if isinstance(exc, RedeliveriesExhausted):
+        return "worker_lost"
+    if isinstance(exc, SystemExit | KeyboardInterrupt) and not lost(request, exc):
+        return None  # killed by a revoke or shutdown of the worker's own
+    if lost(request, exc):
+        if task.acks_late and task.reject_on_worker_lost:
+            return None  # requeued
+        if getattr(task, "retry_on_worker_lost", False) and (
+                task.max_retries is None or request._context.retries < task.max_retries):
+            return None  # retried by Celery
+        if request._success_was_stored():
+            return None
+        return "worker_lost"
+    if isinstance(exc, TimeLimitExceeded):
+        return None if task.acks_late and not task.acks_on_timeout else "time_limit"
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "time_limit"
+    return "deadline" if getattr(exc, GAVE_UP_ATTR, None) == "deadline" else "exception"
+
+
+def routed_request_class(request: str | type[Request], router: FailureRouter) -> type[Request]:
+    """A subclass of a task's request class that takes the failure routes of final failures."""
+    base: type[Request] = symbol_by_name(request)
+
+    class RoutedRequest(base):  # type: ignore[misc]
+        _celery_policies_routed = False
+        _celery_policies_hold = False
+
+        def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True,
+                       return_ok: bool = False) -> Any:
+            exc = exc_info.exception
+            if isinstance(exc, ExceptionWithTraceback):
+                exc = exc.exc
+            if not self._celery_policies_routed:
+                reason = final_reason(self, exc)
+                if reason is not None:
+                    self._take_routes(exc, exc_info.traceback, reason)
+            return super().on_failure(exc_info, send_failed_event, return_ok)
+
+        def on_timeout(self, soft: bool, timeout: float) -> Any:
+            task = self.task
+            if (not soft and not self._celery_policies_routed and not state.should_terminate
+                    and (task.acks_on_timeout or not task.acks_late)):
+                exc = TimeLimitExceeded(timeout)
+                self._take_routes(exc, f"TimeLimitExceeded({timeout})", "time_limit")
+            return super().on_timeout(soft, timeout)
+
+        def _take_routes(self, exc: BaseException, traceback: str | None,
+                         reason: str) -> None:
+            self._celery_policies_routed = True
+            try:
+                ok = router.route(self, exc, traceback, reason)
+            except Exception:
+                log.critical("could not take the failure routes of %s[%s]", self.name,
+                             self.id, exc_info=True)
+                ok = False
+            # With acks_late the broker still holds the message: keep it there (it comes
+            # back when the connection does) rather than lose it with its dead letter.
+            self._celery_policies_hold = not ok and bool(self.task.acks_late)
+            if self._celery_policies_hold:
+                log.critical("not acknowledging %s[%s]: its failure routes were not taken; "
+                             "the broker redelivers it once this worker reconnects or stops",
+                             self.name, self.id)
+
+        def acknowledge(self) -> None:
+            if not self._celery_policies_hold:
+                super().acknowledge()
+
+        def reject(self, requeue: bool = False) -> None:
+            if not self._celery_policies_hold:
+                super().reject(requeue=requeue)
+
+    RoutedRequest.__name__ = RoutedRequest.__qualname__ = f"RoutedRequest[{base.__name__}]"
+    return RoutedRequest
