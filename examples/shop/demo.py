@@ -3,8 +3,10 @@
 It starts ``celery -A examples.shop worker --policies policies.example.yaml`` (prefork, 4
 processes), sends it tasks that fail in different ways, waits for their results, and prints what the
 policies did to each, read from the worker's log: the attempts and the delays the plugin chose,
-the soft and hard time limits, the tasks given up on and the failure routes they would take
-(the plugin names them; it does not run them yet). It takes about 15 seconds.
+the soft and hard time limits, the tasks given up on and the failure routes they took (dead
+letters, a callback task). Then it lists the dead letters with ``celery-policies dlq list``,
+"fixes" the mail relay and replays the newsletter's dead letter with ``dlq replay``, which
+now succeeds. It takes about 20 seconds.
 
 With no ``CELERY_BROKER_URL`` it needs no broker: the worker and the demo share kombu's
 ``filesystem://`` broker and a ``file://`` result backend in a temporary folder. Otherwise it
@@ -36,7 +38,7 @@ from celery_policies import Matcher, load_policies
 
 from .app import BROKER_DIR_VAR, app, settings_from_env
 from .billing import charge_card
-from .emails import send_receipt
+from .emails import RELAY_DOWN_VAR, send_newsletter, send_receipt
 from .reports import build_monthly_report, render_archive
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +59,12 @@ EVENTS: dict[str, re.Pattern[str]] = {
     "soft": re.compile(rf"^Soft {_LIMIT}"),
     "hard": re.compile(rf"^Hard {_LIMIT}"),
     "success": re.compile(r"^Task \S+\[(?P<id>[\w-]+)\] succeeded in"),
+    "dead_letter": re.compile(r"^dead-lettered \S+\[(?P<id>[\w-]+)\] to (?P<queue>\S+): "
+                              r"(?P<reason>\w+) "),
+    "callback": re.compile(r"^sent (?P<task>\S+) for failed \S+\[(?P<id>[\w-]+)\]"),
 }
+#: The events the worker's main process logs after the task's result is stored.
+ROUTE_EVENTS = ("dead_letter", "callback")
 
 
 @dataclass
@@ -78,14 +85,18 @@ def scenarios() -> list[Scenario]:
         Scenario("A charge the gateway times out on twice", charge_card, (1001, 4200),
                  {"fail_first": 2}, "SUCCESS", events={"retry": 2, "success": 1}),
         Scenario("A declined card", charge_card, (1002, 990), {"decline": True},
-                 "FAILURE", "CardDeclined", {"give_up": 1}),
+                 "FAILURE", "CardDeclined", {"give_up": 1, "callback": 1, "dead_letter": 1}),
         Scenario("A receipt while the mail relay is down once", send_receipt, (1001,),
                  {"fail_first": 1}, "SUCCESS", events={"retry": 1, "success": 1}),
         Scenario("A report that takes 9s", build_monthly_report, ("2024-05",),
-                 {"seconds": 9}, "FAILURE", "SoftTimeLimitExceeded", {"soft": 1, "give_up": 1}),
+                 {"seconds": 9}, "FAILURE", "SoftTimeLimitExceeded",
+                 {"soft": 1, "give_up": 1, "dead_letter": 1}),
         Scenario("A report stuck in native code, deaf to the soft limit", render_archive,
                  ("2024-05",), {"seconds": 12}, "FAILURE", "TimeLimitExceeded",
-                 {"soft": 1, "hard": 1}),
+                 {"soft": 1, "hard": 1, "dead_letter": 1}),
+        Scenario("A newsletter batch while the mail relay is down for good", send_newsletter,
+                 (7,), {}, "FAILURE", "SmtpUnavailable",
+                 {"retry": 3, "give_up": 1, "dead_letter": 1}),
     ]
 
 
@@ -160,8 +171,11 @@ def describe(event: Event, attempt: int) -> list[str]:
         return [f"attempt {attempt} raised {fields['exc']}: retry in {fields['delay']}s"]
     if kind == "give_up":
         return [f"attempt {attempt} raised {fields['exc']}: gave up, {fields['reason']} "
-                f"(policy {fields['policy']})",
-                f"failure routes it would take: {fields['routes']}"]
+                f"(policy {fields['policy']})"]
+    if kind == "dead_letter":
+        return [f"failure route: dead letter to {fields['queue']} (reason {fields['reason']})"]
+    if kind == "callback":
+        return [f"failure route: sent task {fields['task']}"]
     if kind == "soft":
         return [f"soft time limit ({fields['limit']}s) exceeded"]
     if kind == "hard":
@@ -206,7 +220,7 @@ def send_and_report(worker: subprocess.Popen[bytes], log_path: Path) -> list[str
     for scenario in plan:
         result = scenario.task.apply_async(scenario.args, scenario.kwargs)
         sent.append((result, time.time()))
-    print(f"sent {len(sent)} tasks; waiting for their results (the last one takes 10s)")
+    print(f"sent {len(sent)} tasks; waiting for their results (the slowest takes 10s)")
     waiting = time.monotonic()
     deadline = waiting + RESULTS_TIMEOUT
     values: list[Any] = []
@@ -216,13 +230,66 @@ def send_and_report(worker: subprocess.Popen[bytes], log_path: Path) -> list[str
                                       timeout=max(deadline - time.monotonic(), 0.1)))
         except ResultTimeout:
             values.append(None)
-    print(f"results in after {time.monotonic() - waiting:.1f}s; stopping the worker")
-    stop_worker(worker)  # its log is complete once it has stopped
-    events = read_events(log_path)
+    print(f"results in after {time.monotonic() - waiting:.1f}s")
+    # A failed task's result is stored before the worker's main process takes its routes.
+    events = wait_for_routes(log_path, plan, [result for result, _ in sent])
     matcher = Matcher(load_policies(ROOT / POLICY_FILE))
     problems = []
     for scenario, (result, at), value in zip(plan, sent, values, strict=True):
         problems += report(scenario, result, value, at, events.get(result.id, []), matcher)
+    newsletter = next(result for (result, _), scenario in zip(sent, plan, strict=True)
+                      if scenario.task is send_newsletter)
+    return problems + dead_letters(newsletter)
+
+
+def wait_for_routes(log_path: Path, plan: list[Scenario],
+                    results: list[AsyncResult]) -> dict[str, list[Event]]:
+    """The log's events, once it shows every failure route the scenarios expect (or 10s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        events = read_events(log_path)
+        if time.monotonic() > deadline or all(
+                sum(e[1] == kind for e in events.get(result.id, [])) >= scenario.events[kind]
+                for scenario, result in zip(plan, results, strict=True)
+                for kind in ROUTE_EVENTS if kind in scenario.events):
+            return events
+        time.sleep(0.1)
+
+
+def run_command(*args: str) -> str:
+    """Run ``celery-policies ARGS`` as a person would; print and return its output."""
+    print(f"\n$ celery-policies {' '.join(args)}")
+    done = subprocess.run([sys.executable, "-m", "celery_policies", *args], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    print((done.stdout + done.stderr).rstrip())
+    return done.stdout
+
+
+def dead_letters(newsletter: AsyncResult) -> list[str]:
+    """List the dead letters, fix the mail relay, replay the newsletter; return problems."""
+    print("\nDead letters: the tasks above that failed for good, kept in the broker")
+    before = run_command("dlq", "list", "--app", "examples.shop")
+    os.remove(os.environ[RELAY_DOWN_VAR])
+    print("\nThe mail relay is back up: replay the newsletter.")
+    replayed = run_command("dlq", "replay", "--app", "examples.shop", "--yes",
+                           "--task", send_newsletter.name)
+    deadline = time.monotonic() + RESULTS_TIMEOUT
+    while AsyncResult(newsletter.id).state != "SUCCESS" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    state = AsyncResult(newsletter.id)
+    print(f"  {send_newsletter.name}[{newsletter.id[:8]}] => {state.state} {state.result!r}")
+    after = run_command("dlq", "list", "--app", "examples.shop")
+    problems = []
+    if "Replayed 1 of 1 dead letter" not in replayed:
+        problems.append("the newsletter's dead letter was not replayed")
+    if state.state != "SUCCESS":
+        problems.append(f"the replayed newsletter ended {state.state}, expected SUCCESS")
+    counts = [int(m[1]) for m in (re.search(r"^(\d+) dead letters? in ", text, re.MULTILINE)
+                                   for text in (before, after)) if m]
+    if len(counts) != 2 or counts[0] - counts[1] != 1:
+        problems.append(f"dead letters before and after the replay: {counts}, expected one less")
+    for problem in problems:
+        print(f"  UNEXPECTED: {problem}")
     return problems
 
 
@@ -237,6 +304,9 @@ def main() -> int:
               "for the embedded broker")
         return 2
     os.environ["CELERY_POLICIES_FILE"] = str(ROOT / POLICY_FILE)  # for this process's sends
+    relay_down = folder / "mail-relay-down"
+    relay_down.touch()  # the mail relay is down until dead_letters() "fixes" it
+    os.environ[RELAY_DOWN_VAR] = str(relay_down)
     # The app read the environment when this package was imported: read it again.
     app.conf.update(settings_from_env())
     print(f"broker   {broker}\nresults  {app.conf.result_backend}")

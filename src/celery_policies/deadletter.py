@@ -138,9 +138,12 @@ class DeadLetter:
     def failed_at(self) -> datetime | None:
         value = self.failure.get("failed_at")
         try:
-            return datetime.fromisoformat(value) if isinstance(value, str) else None
+            when = datetime.fromisoformat(value) if isinstance(value, str) else None
         except ValueError:
             return None
+        if when is not None and when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)  # written elsewhere: taken as UTC
+        return when
 
     def arguments(self) -> tuple[Any, Any]:
         """``(args, kwargs)`` decoded from the body, or ``(None, None)`` when its content

@@ -99,13 +99,14 @@ class FailureRouter:
                     log.info("sent %s for failed %s[%s]", target, request.name, request.id)
             except Exception as error:
                 ok = False
-                what = (dead_letter(envelope, failure).jsonable() if kind == "dead_letter"
-                        else self.callback_kwargs(request, failure))
-                log.critical("could not %s %s[%s] (%r); it is not stored anywhere else, "
-                             "recover it from this line: %s",
-                             f"dead-letter to {target}" if kind == "dead_letter"
-                             else f"send {target} for", request.name, request.id, error,
-                             json.dumps({"route": kind, "target": target, "message": what},
+                if kind == "dead_letter":
+                    what = f"dead-letter {request.name}[{request.id}] to {target}"
+                    message: Any = dead_letter(envelope, failure).jsonable()
+                else:
+                    what = f"send {target} for failed {request.name}[{request.id}]"
+                    message = self.callback_kwargs(request, failure)
+                log.critical("could not %s (%r); to redo it by hand: %s", what, error,
+                             json.dumps({"route": kind, "target": target, "message": message},
                                         default=repr))
         return ok
 
@@ -135,12 +136,11 @@ class FailureRouter:
 
     @staticmethod
     def callback_kwargs(request: Any, failure: dict[str, Any]) -> dict[str, Any]:
-        """The keyword arguments a ``task:`` route's callback receives."""
+        """The keyword arguments a ``task:`` route's callback receives: exactly these six,
+        so that a callback written as a plain function of them keeps working."""
         return {"task_id": request.id, "task_name": request.name, "args": request.args,
                 "kwargs": request.kwargs, "exception_type": failure["exception"],
-                "exception_message": failure["exception_message"],
-                "reason": failure["reason"], "retries": failure["retries"],
-                "policy": failure["policy"], "hostname": failure["hostname"]}
+                "exception_message": failure["exception_message"]}
 
     def _dead_letter(self, envelope: Envelope, queue: str, policy: dict[str, Any]) -> None:
         self.publisher.publish(envelope, queue, policy)
@@ -194,13 +194,15 @@ def final_reason(request: Any, exc: BaseException) -> str | None:
     if isinstance(exc, SystemExit | KeyboardInterrupt) and not lost(request, exc):
         return None  # killed by a revoke or shutdown of the worker's own
     if lost(request, exc):
-        if task.acks_late and task.reject_on_worker_lost:
-            return None  # requeued
-        if getattr(task, "retry_on_worker_lost", False) and (
-                task.max_retries is None or request._context.retries < task.max_retries):
-            return None  # retried by Celery
         if request._success_was_stored():
-            return None
+            return None  # it finished before its process died
+        retried = bool(getattr(task, "retry_on_worker_lost", False))
+        exceeded = retried and task.max_retries is not None and (
+            request._context.retries >= task.max_retries)
+        if retried and not exceeded:
+            return None  # retried by Celery
+        if task.acks_late and task.reject_on_worker_lost and not exceeded:
+            return None  # requeued
         return "worker_lost"
     if isinstance(exc, TimeLimitExceeded):
         return None if task.acks_late and not task.acks_on_timeout else "time_limit"

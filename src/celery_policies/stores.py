@@ -155,10 +155,8 @@ class FileStore:
 
     def letters(self) -> Iterator[DeadLetter]:
         suffix = f"{self.queue}.msg"
-        for name in sorted(os.listdir(self.folder)):
-            if name.partition(".")[2] != suffix:
-                continue
-            path = os.path.join(self.folder, name)
+        for path in sorted((os.path.join(self.folder, name) for name in os.listdir(self.folder)
+                            if name.partition(".")[2] == suffix), key=_written):
             try:
                 with open(path, "rb") as file:
                     payload = loads(bytes_to_str(file.read()))
@@ -174,3 +172,13 @@ class FileStore:
 
     def close(self) -> None:
         pass
+
+
+def _written(path: str) -> tuple[int, int]:
+    """A file message's order: kombu names it after the millisecond it was written, which
+    several messages can share; the modification time (nanoseconds) breaks the tie."""
+    name = os.path.basename(path)
+    try:
+        return int(name.partition("_")[0]), os.stat(path).st_mtime_ns
+    except (ValueError, OSError):
+        return 0, 0

@@ -8,7 +8,8 @@ attempts, their times and the process that ran them.
 Environment: ``TEST_BROKER_URL``, ``TEST_RESULT_BACKEND``, ``TEST_COUNTERS_URL``,
 ``TEST_VISIBILITY_TIMEOUT`` (seconds; Redis redelivers unacknowledged messages after it) and
 ``TEST_DEFAULT_QUEUE`` (where tasks sent by name without a queue go, such as failure
-callbacks: the test worker's own queue).
+callbacks: the test worker's own queue) and ``TEST_BROKER_WRITE_URL`` (the connection
+publishes use, when it differs from the one the worker consumes on).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def create_app(broker_url: str = BROKER_URL) -> Celery:
         task_track_started=True,
         worker_pool_start_method=os.environ.get("TEST_POOL_START_METHOD", "fork"),
         task_default_queue=os.environ.get("TEST_DEFAULT_QUEUE", "celery"),
+        broker_write_url=os.environ.get("TEST_BROKER_WRITE_URL"),
     )
     return app
 

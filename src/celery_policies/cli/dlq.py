@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timezone
 from typing import Any
 
 import click
@@ -106,7 +107,7 @@ def _file_queue(app: Any) -> str:
 
 def _when(letter: DeadLetter) -> str:
     failed_at = letter.failed_at
-    return failed_at.strftime("%Y-%m-%d %H:%M:%S") if failed_at else "-"
+    return failed_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if failed_at else "-"
 
 
 def _table(letters: Sequence[DeadLetter]) -> Table:
@@ -167,7 +168,7 @@ def show(ctx: click.Context, task_id: str, app_name: str | None, broker: str | N
     for letter in letters:
         failure = letter.failure
         args, kwargs = letter.arguments()
-        out.print(f"[bold]{letter.task}[{letter.id}][/bold]")
+        out.print(f"{letter.task}[{letter.id}]", style="bold", markup=False)
         for key, value in failure.items():
             if key != "traceback":
                 out.print(f"  {key}: {value}", markup=False)
