@@ -224,6 +224,16 @@ class Publisher:
             self.connection.ensure_connection(**_connect_policy(policy))
             self.connection.ensure(self, self._publish, **policy)(envelope, queue, declare)
 
+    def send_task(self, app: Any, name: str, kwargs: dict[str, Any],
+                  retry_policy: dict[str, Any] | None = None) -> None:
+        """Send task ``name`` by name through this connection (confirmed on RabbitMQ)."""
+        policy = dict(retry_policy or {})
+        policy.setdefault("max_retries", 0)
+        with self._lock:
+            self.connection.ensure_connection(**_connect_policy(policy))
+            app.send_task(name, kwargs=kwargs, producer=self.connection.Producer(),
+                          retry=True, retry_policy=policy)
+
     def missing(self, queues: Iterable[str]) -> list[str]:
         """The queues that do not exist, on RabbitMQ (which drops what is published to
         them). Redis and the filesystem create a queue with its first message."""

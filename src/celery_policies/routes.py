@@ -155,12 +155,7 @@ class FailureRouter:
 
     def _callback(self, name: str, request: Any, failure: dict[str, Any],
                   policy: dict[str, Any]) -> None:
-        publisher = self.publisher
-        with publisher._lock:
-            publisher.connection.ensure_connection(max_retries=policy.get("max_retries", 0))
-            self.app.send_task(name, kwargs=self.callback_kwargs(request, failure),
-                               producer=publisher.connection.Producer(), retry=True,
-                               retry_policy=policy)
+        self.publisher.send_task(self.app, name, self.callback_kwargs(request, failure), policy)
 
     def _origin(self, delivery: dict[str, Any]) -> str | None:
         """The name of the worker queue the message came from (by exchange and routing key)."""
