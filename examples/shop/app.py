@@ -26,6 +26,8 @@ from celery import Celery
 
 import celery_policies
 
+from . import atomicfs  # noqa: F401  (filesystem:// writes each message atomically)
+
 #: The folder of the ``filesystem://`` broker (and its results, unless told otherwise).
 BROKER_DIR_VAR = "SHOP_BROKER_DIR"
 

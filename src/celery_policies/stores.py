@@ -162,6 +162,8 @@ class FileStore:
                     payload = loads(bytes_to_str(file.read()))
             except FileNotFoundError:
                 continue  # taken meanwhile
+            except ValueError:
+                continue  # still being written (kombu writes the file in place)
             message = self.channel.Message(payload, channel=self.channel)
             yield DeadLetter(Envelope.of(message), path)
 
