@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -41,8 +42,6 @@ TRACEBACK_LIMIT = 8192
 MESSAGE_LIMIT = 2048
 #: Content types whose bodies are decoded to show args and kwargs (never pickle).
 SAFE_CONTENT = frozenset({"application/json", "application/x-msgpack", "application/x-yaml"})
-#: Why a task failed for good.
-REASONS = ("exception", "deadline", "time_limit", "worker_lost", "rejected")
 #: The message properties a dead letter keeps (priority goes into the failure record, so
 #: that Redis keeps every dead letter in one list rather than one per priority).
 _PROPERTIES = ("correlation_id", "reply_to")
@@ -218,21 +217,24 @@ class Publisher:
                 retry_policy: dict[str, Any] | None = None, *, declare: bool = True) -> None:
         """Publish ``envelope`` to ``queue`` (declared first unless ``declare`` is false);
         retry as ``retry_policy`` says (kombu's ``ensure`` keys), then raise."""
-        policy = dict(retry_policy or {})
-        policy.setdefault("max_retries", 0)
-        with self._lock:
-            self.connection.ensure_connection(**_connect_policy(policy))
+        with self._connected(retry_policy) as policy:
             self.connection.ensure(self, self._publish, **policy)(envelope, queue, declare)
 
     def send_task(self, app: Any, name: str, kwargs: dict[str, Any],
                   retry_policy: dict[str, Any] | None = None) -> None:
         """Send task ``name`` by name through this connection (confirmed on RabbitMQ)."""
-        policy = dict(retry_policy or {})
-        policy.setdefault("max_retries", 0)
-        with self._lock:
-            self.connection.ensure_connection(**_connect_policy(policy))
+        with self._connected(retry_policy) as policy:
             app.send_task(name, kwargs=kwargs, producer=self.connection.Producer(),
                           retry=True, retry_policy=policy)
+
+    @contextmanager
+    def _connected(self, retry_policy: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+        """Hold the lock on a connected connection; yield the retry policy, which retries
+        nothing unless it says so (kombu's default is forever)."""
+        policy = {"max_retries": 0, **(retry_policy or {})}
+        with self._lock:
+            self.connection.ensure_connection(**_connect_policy(policy))
+            yield policy
 
     def missing(self, queues: Iterable[str]) -> list[str]:
         """The queues that do not exist, on RabbitMQ (which drops what is published to
@@ -258,8 +260,8 @@ class Publisher:
             headers=envelope.headers, delivery_mode=2, **envelope.properties)
 
     def queue_size(self, queue: str) -> int:
-        with self._lock, self.connection.channel() as channel:
-            return int(Queue(queue)(channel).queue_declare(passive=True).message_count)
+        with self._lock:
+            return queue_size(self.connection, queue)
 
     def drop_oldest(self, queue: str, count: int) -> list[DeadLetter]:
         """Remove the ``count`` oldest messages of ``queue``; return what was removed."""
@@ -283,6 +285,13 @@ def declare_queue(connection: Connection, name: str) -> None:
     if not _exists(connection, name):
         with connection.channel() as channel:
             Queue(name, durable=True, auto_delete=False)(channel).declare()
+
+
+def queue_size(connection: Connection, name: str) -> int:
+    """Messages ready in queue ``name``; raises one of ``connection.channel_errors`` if there
+    is no such queue."""
+    with connection.channel() as channel:
+        return int(Queue(name)(channel).queue_declare(passive=True).message_count)
 
 
 def _exists(connection: Connection, name: str) -> bool:

@@ -25,7 +25,7 @@ from kombu.messaging import Consumer
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from .deadletter import DeadLetter, Envelope
+from .deadletter import DeadLetter, Envelope, queue_size
 from .errors import PolicyError
 
 #: Redis reads and removes this many messages per round trip.
@@ -112,7 +112,7 @@ class AmqpStore:
 
     def letters(self) -> Iterator[DeadLetter]:
         try:
-            expected = self._size()
+            expected = queue_size(self.connection, self.queue)
         except self.connection.channel_errors:
             return  # no such queue
         if not expected:
@@ -132,10 +132,6 @@ class AmqpStore:
                     yield DeadLetter(Envelope.of(message), message)
                 seen += len(received)
                 received.clear()
-
-    def _size(self) -> int:
-        with self.connection.channel() as channel:
-            return int(Queue(self.queue)(channel).queue_declare(passive=True).message_count)
 
     def remove(self, letters: Sequence[DeadLetter]) -> None:
         for letter in letters:
