@@ -28,6 +28,8 @@ from .errors import PolicyError
 
 log = logging.getLogger("celery_policies")
 
+#: The ERROR line of a task failed for good after its last redelivery.
+EXHAUSTED_FORMAT = "%s; failing the task"
 #: Message header counting how often a task was redelivered after losing its worker process.
 REDELIVERIES_HEADER = "celery_policies_redeliveries"
 
@@ -88,7 +90,7 @@ def capped_request_class(request: str | type[Request], max_redeliveries: int) ->
 def _exhausted(request: Any, exc: BaseException, done: int) -> ExceptionInfo:
     message = (f"worker process lost running {request.name}[{request.id}] ({exc}) after "
                f"{done} redeliver{'y' if done == 1 else 'ies'}: max_redeliveries reached")
-    log.error("%s; failing the task", message)
+    log.error(EXHAUSTED_FORMAT, message)
     try:
         raise RedeliveriesExhausted(message) from exc
     except RedeliveriesExhausted:

@@ -49,6 +49,11 @@ from .retrying import FIRST_ATTEMPT_HEADER, GAVE_UP_ATTR
 
 log = logging.getLogger("celery_policies")
 
+#: The CRITICAL line of a route that could not be taken: what, why, and the message as JSON.
+REDO_FORMAT = "could not %s (%r); to redo it by hand: %s"
+#: Told of every final failure once its routes were tried: (request, exc, reason, all taken).
+FinalHook = Callable[[Any, BaseException, str, bool], None]
+
 #: The routes a task takes for an exception type: ``[("dead_letter", queue) | ("task", name)]``.
 RoutesFor = Callable[[str, type[BaseException]], list[tuple[str, str]]]
 
@@ -65,6 +70,7 @@ class FailureRouter:
                  retry_policy_for: Callable[[str], dict[str, Any] | None],
                  max_length: int | None = None) -> None:
         self.app = app
+        self.on_final: FinalHook | None = None
         self.routes_for = routes_for
         self.label_for = label_for
         self.retry_policy_for = retry_policy_for
@@ -105,7 +111,7 @@ class FailureRouter:
                 else:
                     what = f"send {target} for failed {request.name}[{request.id}]"
                     message = self.callback_kwargs(request, failure)
-                log.critical("could not %s (%r); to redo it by hand: %s", what, error,
+                log.critical(REDO_FORMAT, what, error,
                              json.dumps({"route": kind, "target": target, "message": message},
                                         default=repr))
         return ok
@@ -128,7 +134,7 @@ class FailureRouter:
             "failed_at": now_iso(),
             "hostname": request.hostname,
             "policy": self.label_for(request.name),
-            "queue": self._origin(delivery),
+            "queue": origin_queue(self.app, delivery),
             "exchange": delivery.get("exchange"),
             "routing_key": delivery.get("routing_key"),
             "priority": envelope.properties.get("priority"),
@@ -157,17 +163,18 @@ class FailureRouter:
                   policy: dict[str, Any]) -> None:
         self.publisher.send_task(self.app, name, self.callback_kwargs(request, failure), policy)
 
-    def _origin(self, delivery: dict[str, Any]) -> str | None:
-        """The name of the worker queue the message came from (by exchange and routing key)."""
-        exchange, key = delivery.get("exchange") or "", delivery.get("routing_key")
-        for queue in self.app.amqp.queues.values():
-            if queue.routing_key == key and (queue.exchange.name or "") in (exchange, ""):
-                return str(queue.name)
-        return key
-
     def close(self) -> None:
         if self._publisher is not None:
             self._publisher.close()
+
+
+def origin_queue(app: Celery, delivery: dict[str, Any]) -> str | None:
+    """The name of the worker queue a message came from (by exchange and routing key)."""
+    exchange, key = delivery.get("exchange") or "", delivery.get("routing_key")
+    for queue in app.amqp.queues.values():
+        if queue.routing_key == key and (queue.exchange.name or "") in (exchange, ""):
+            return str(queue.name)
+    return key
 
 
 def _message(exc: BaseException) -> str:
@@ -249,6 +256,8 @@ def routed_request_class(request: str | type[Request], router: FailureRouter) ->
                 log.critical("not acknowledging %s[%s]: its failure routes were not taken; "
                              "the broker redelivers it once this worker reconnects or stops",
                              self.name, self.id)
+            if router.on_final is not None:
+                router.on_final(self, exc, reason, ok)
 
         def acknowledge(self) -> None:
             if not self._celery_policies_hold:

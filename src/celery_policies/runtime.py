@@ -46,6 +46,7 @@ from .pools import pool_name, unenforced
 from .redelivery import capped_request_class
 from .retrying import wrap_run
 from .routes import FailureRouter, routed_request_class
+from .sentry import SentryReporter
 from .simulation import routes_for
 
 log = logging.getLogger("celery_policies")
@@ -121,6 +122,7 @@ class Runtime:
         self._startup_log: list[tuple[int, str]] = []
         self.router = FailureRouter(app, self.routes_taken, self.label,
                                     self.publish_retry_policy)
+        self.reporter: SentryReporter | None = None
 
     # -- where the file comes from -------------------------------------------------------
     def locate(self, option: str | None = None) -> str | None:
@@ -152,6 +154,7 @@ class Runtime:
         except PolicyFileError as exc:
             refuse([*map(str, exc.problems), f"{exc.summary}: the worker does not start "
                                               "with an invalid policy file (celery-policies)"])
+        self._start_reporter()
         # Children started without fork (worker_pool_start_method=spawn) find the file here.
         os.environ[ENV_VAR] = os.path.abspath(path)
         warnings = self.startup_warnings(pool_name(getattr(sender, "pool_cls", "prefork")))
@@ -190,6 +193,7 @@ class Runtime:
         if runtime._applied_pid is not None:
             return
         runtime.apply(load_policies(os.environ[ENV_VAR], import_exceptions=True))
+        runtime._start_reporter()
         # The child built its tracers before this signal; they hold the unpatched run.
         for name in runtime.tasks:
             task = app.tasks[name]
@@ -201,6 +205,9 @@ class Runtime:
         self._publish.clear()
         section = policies.model.dead_letter
         self.router.max_length = section.max_length if section is not None else None
+        sentry = policies.model.sentry
+        self.reporter = SentryReporter(self.app, sentry, self) if sentry is not None else None
+        self.router.on_final = self.reporter.report_main if self.reporter else None
         tasks = registered_tasks(self.app)
         explanations = explain(self.matcher, list(tasks), self.app, tasks)
         self.tasks = {}
@@ -219,6 +226,12 @@ class Runtime:
         if not any(item.settings[key][0].source.from_file for key in RETRY_KEYS):
             return None
         return RetrySettings.from_values(lookup(item.settings))
+
+    def _start_reporter(self) -> None:
+        """Set up Sentry now, in the worker's main process, before the pool forks: a client
+        initialised in a prefork child sends nothing (sentry-python#1512)."""
+        if self.reporter is not None:
+            self._later(*self.reporter.start())
 
     def retry_settings(self, name: str) -> RetrySettings | None:
         policy = self.tasks.get(name)
@@ -252,6 +265,22 @@ class Runtime:
         policy = self.tasks.get(name)
         return policy.label if policy else None
 
+    def retries_allowed(self, name: str, exc_type: type[BaseException]) -> int | None:
+        """The retries task ``name`` may make after ``exc_type``; None for no limit."""
+        settings = self.retry_settings(name)
+        if settings is not None:
+            return (settings.rule_for(exc_type) or settings.rule).max_retries
+        max_retries: int | None = getattr(self.app.tasks.get(name), "max_retries", None)
+        return max_retries
+
+    def effective(self, name: str) -> dict[str, Any]:
+        """Task ``name``'s policies and effective settings, as ``inspect policies`` gives them."""
+        policy = self.tasks.get(name)
+        if policy is None:
+            return {"file": self.policies.file if self.policies else None, "matched": []}
+        return {"file": self.policies.file if self.policies else None,
+                **self._task_report(name, policy)}
+
     def startup_warnings(self, pool: str) -> list[str]:
         """Time limits the pool does not enforce, and soft limits the hard one pre-empts."""
         self.pool = pool
@@ -274,22 +303,25 @@ class Runtime:
     def report(self) -> dict[str, Any]:
         """This worker's answer to ``celery inspect policies``: per task, plain attributes
         read back from the live task objects, the plugin's own keys from its table."""
-        tasks = {}
-        for name, policy in self.tasks.items():
-            task = self.app.tasks[name]
-            settings = {key: jsonable(policy.value(key) if key in PLUGIN_DEFAULTS
-                                      else code_setting(self.app, task, key).value)
-                        for key in SETTING_KEYS}
-            request = task.Request
-            tasks[name] = {"matched": list(policy.explanation.matched),
-                           "retry_wrapper": policy.retry is not None,
-                           "request_class": request if isinstance(request, str)
-                           else f"{request.__module__}.{request.__qualname__}",
-                           "settings": settings}
+        tasks = {name: self._task_report(name, policy) for name, policy in self.tasks.items()}
         return {"file": self.policies.file if self.policies else None,
                 "fingerprint": self.fingerprint(), **versions(),
                 "loaded_at": self.loaded_at.isoformat() if self.loaded_at else None,
                 "pool": self.pool, "tasks": tasks}
+
+    def _task_report(self, name: str, policy: TaskPolicy) -> dict[str, Any]:
+        """Plain attributes read back from the live task object, the plugin's keys from
+        its table."""
+        task = self.app.tasks[name]
+        settings = {key: jsonable(policy.value(key) if key in PLUGIN_DEFAULTS
+                                  else code_setting(self.app, task, key).value)
+                    for key in SETTING_KEYS}
+        request = task.Request
+        return {"matched": list(policy.explanation.matched),
+                "retry_wrapper": policy.retry is not None,
+                "request_class": request if isinstance(request, str)
+                else f"{request.__module__}.{request.__qualname__}",
+                "settings": settings}
 
     def _later(self, level: int, message: str) -> None:
         self._startup_log.append((level, message))
@@ -344,10 +376,11 @@ def _patch(task: Task, policy: TaskPolicy, runtime: Runtime) -> None:
     if policy.retry is not None:
         name = task.name
         wrap_run(task, lambda: runtime.retry_settings(name), runtime.gave_up)
-    # The request class runs in the worker's main process: failure routes, then the cap on
-    # redeliveries (which hands the final failure down to the routes).
+    # The request class runs in the worker's main process: failure routes and the reports of
+    # main-process failures, then the cap on redeliveries (which hands the final failure
+    # down to the routes).
     request = task.__dict__.setdefault("_celery_policies_request", task.Request)
-    if policy.value("on_failure"):
+    if policy.value("on_failure") or runtime.reporter is not None:
         request = routed_request_class(request, runtime.router)
     redeliveries = policy.value("max_redeliveries")
     if (policy.value("acks_late") and policy.value("reject_on_worker_lost")

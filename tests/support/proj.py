@@ -10,11 +10,17 @@ Environment: ``TEST_BROKER_URL``, ``TEST_RESULT_BACKEND``, ``TEST_COUNTERS_URL``
 ``TEST_DEFAULT_QUEUE`` (where tasks sent by name without a queue go, such as failure
 callbacks: the test worker's own queue) and ``TEST_BROKER_WRITE_URL`` (the connection
 publishes use, when it differs from the one the worker consumes on).
+
+``TEST_SENTRY_INIT`` makes the app initialise sentry_sdk itself, as applications do, with
+``TEST_SENTRY_DSN``: ``celery`` with sentry_sdk's CeleryIntegration (and, the worst case for
+leaks, ``send_default_pii``), ``plain`` with every default integration but that one. Unset,
+the app leaves Sentry to the policy file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -52,6 +58,23 @@ def create_app(broker_url: str = BROKER_URL) -> Celery:
     return app
 
 
+def init_sentry(mode: str | None) -> None:
+    if not mode:
+        return
+    import sentry_sdk  # noqa: PLC0415 - only the Sentry tests need it
+    from sentry_sdk.integrations.celery import CeleryIntegration  # noqa: PLC0415
+
+    if mode == "celery":
+        sentry_sdk.init(dsn=os.environ["TEST_SENTRY_DSN"], integrations=[CeleryIntegration()],
+                        send_default_pii=True)
+    elif mode == "plain":
+        sentry_sdk.init(dsn=os.environ["TEST_SENTRY_DSN"],
+                        disabled_integrations=[CeleryIntegration()])
+    else:
+        raise ValueError(f"TEST_SENTRY_INIT: expected celery or plain, got {mode!r}")
+
+
+init_sentry(os.environ.get("TEST_SENTRY_INIT"))
 app = create_app()
 celery_policies.install(app)
 # Tasks are registered with shared=False: Celery would otherwise add them to every app that
@@ -169,4 +192,20 @@ def failed(**details: Any) -> None:
 
 @app.task(name="proj.noop", shared=False)
 def noop() -> str:
+    return "ok"
+
+
+@app.task(bind=True, name="proj.sentry.leaky", shared=False)
+def leaky(self: Any, key: str, secret: str, fail_times: int = 99) -> str:
+    """Hold ``secret`` in local variables down the stack, log, then fail ``fail_times``
+    times with a message that does not name it."""
+    record(key, self.request.retries, self.request.hostname)
+    logging.getLogger("proj").info("processing a record for %s", self.name)
+    return _process(secret, self.request.retries < fail_times)
+
+
+def _process(record_value: str, fail: bool) -> str:
+    copy = f"value={record_value}"
+    if fail:
+        raise Fatal(f"the record could not be processed ({len(copy)} characters)")
     return "ok"

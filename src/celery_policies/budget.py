@@ -1,0 +1,87 @@
+"""``max_events_per_minute``: a per-fingerprint budget of Sentry events, shared by a worker's
+processes.
+
+Failures are reported where they happen, mostly in prefork pool children; a budget kept in
+each child would let a worker with ``-c 8`` send eight times the limit. So the counters live
+in a small table of shared memory that the worker's main process creates before the pool
+forks, and every child updates it under one lock.
+
+A child killed while it holds the lock (SIGKILL, OOM) would leave it held for good: the lock
+is only ever waited for briefly, and a process that cannot get it sends its event anyway.
+Reporting must never stall a task.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import multiprocessing
+from collections.abc import Sequence
+
+#: The length of one counting window, in seconds.
+WINDOW = 60.0
+#: Distinct fingerprints counted at once; beyond that the stalest window is reused.
+SLOTS = 1024
+#: How long a process waits for the table's lock before sending without counting, in seconds.
+LOCK_WAIT = 0.05
+_PROBES = 16
+
+
+class _Slot(ctypes.Structure):
+    _fields_ = [("key", ctypes.c_uint64), ("start", ctypes.c_double),
+                ("sent", ctypes.c_int64), ("suppressed", ctypes.c_int64)]
+
+
+def _key(fingerprint: Sequence[str]) -> int:
+    """A stable 64-bit key, never 0 (an empty slot): ``hash()`` differs between processes."""
+    digest = hashlib.blake2b("\0".join(fingerprint).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") or 1
+
+
+class EventBudget:
+    """At most ``per_minute`` events per fingerprint in each window of ``WINDOW`` seconds
+    (the window starts with the first event of the fingerprint); the rest are counted."""
+
+    def __init__(self, per_minute: int, slots: int = SLOTS) -> None:
+        self.per_minute = per_minute
+        self._lock = multiprocessing.Lock()
+        self._slots = multiprocessing.RawArray(_Slot, slots)
+
+    def admit(self, fingerprint: Sequence[str], now: float) -> int | None:
+        """None if the event is over budget (it is counted); otherwise how many events of this
+        fingerprint were held back since the last one sent, for this one to say so."""
+        if not self._lock.acquire(timeout=LOCK_WAIT):
+            return 0
+        try:
+            slot = self._slot(_key(fingerprint), now)
+            if now - slot.start >= WINDOW:
+                slot.start, slot.sent = now, 0
+            if slot.sent >= self.per_minute:
+                slot.suppressed += 1
+                return None
+            slot.sent += 1
+            held, slot.suppressed = slot.suppressed, 0
+            return int(held)
+        finally:
+            self._lock.release()
+
+    def held_back(self) -> int:
+        """Events counted and not yet reported by a later event, over all fingerprints."""
+        with self._lock:
+            return sum(int(slot.suppressed) for slot in self._slots)
+
+    def _slot(self, key: int, now: float) -> _Slot:
+        size = len(self._slots)
+        stalest: _Slot | None = None
+        for probe in range(_PROBES):
+            slot = self._slots[(key + probe) % size]
+            if slot.key == key:
+                return slot
+            if slot.key == 0:
+                slot.key, slot.start, slot.sent, slot.suppressed = key, now, 0, 0
+                return slot
+            if stalest is None or slot.start < stalest.start:
+                stalest = slot
+        assert stalest is not None
+        stalest.key, stalest.start, stalest.sent, stalest.suppressed = key, now, 0, 0
+        return stalest
