@@ -21,6 +21,10 @@ The Celery and sentry-python traps this module exists for:
   task's arguments in their ``extra``. Those loggers are ignored, those lines dropped.
 * sentry_sdk sends stack-frame locals by default (sentry-python#7582), and a task's arguments
   are locals of its frames: unless ``include_args``, every frame's ``vars`` are removed.
+* A prefork child inherits the main process's transport: its queue, locks and sockets, maybe
+  mid-use by a thread the child does not have (sentry-python#6164). A child forked after the
+  main process had reported an event held its own first event until a second one came; each
+  child gets a transport of its own.
 * A child's buffered events die with it (sentry-python#285): children flush when they exit,
   the main process at worker shutdown, each for at most ``flush_timeout``.
 
@@ -149,6 +153,7 @@ class SentryReporter:
     def _connect(self) -> None:
         uid = f"celery_policies.sentry:{id(self.app)}"
         hooks: list[tuple[Any, Callable[..., None]]] = [
+            (signals.worker_process_init, self.on_process_init),
             (signals.task_prerun, self.on_task_prerun),
             (signals.task_failure, self.on_task_failure),
             (signals.worker_process_shutdown, self.on_process_shutdown),
@@ -162,6 +167,16 @@ class SentryReporter:
             signal.connect(receiver, weak=False, dispatch_uid=uid)
 
     # -- in the process that runs the task ---------------------------------------------------
+    def on_process_init(self, **_: Any) -> None:
+        """A new pool child: replace the transport it inherited with one of its own."""
+        with _guard("give a pool process its own Sentry transport"):
+            import sentry_sdk
+            from sentry_sdk.transport import make_transport
+
+            client = sentry_sdk.get_client()
+            if client.is_active() and getattr(client, "transport", None) is not None:
+                client.transport = make_transport(client.options)
+
     def on_task_prerun(self, task: Any = None, **_: Any) -> None:
         """Without CeleryIntegration a pool child's scope outlives its tasks: start each task
         with no breadcrumbs, so an event shows only its own."""

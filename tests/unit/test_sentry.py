@@ -1,0 +1,170 @@
+"""The Sentry reporter's pure parts: the shared event budget and the screen every event passes.
+
+What reaches a real Sentry endpoint from real workers is tested in
+tests/integration/test_sentry.py.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from celery_policies.budget import LOCK_WAIT, WINDOW, EventBudget
+from celery_policies.routes import REDO_FORMAT
+from celery_policies.sentry import _breadcrumbs, _delay, _screen
+
+FINGERPRINT = ["proj.task", "ValueError"]
+
+
+def test_the_budget_admits_per_minute_events_then_counts_the_rest() -> None:
+    budget = EventBudget(3)
+    assert [budget.admit(FINGERPRINT, 100.0) for _ in range(5)] == [0, 0, 0, None, None]
+    assert budget.held_back() == 2
+
+
+def test_the_first_event_of_the_next_window_says_how_many_were_held_back() -> None:
+    budget = EventBudget(1)
+    budget.admit(FINGERPRINT, 100.0)
+    for _ in range(7):
+        budget.admit(FINGERPRINT, 130.0)
+    assert budget.admit(FINGERPRINT, 100.0 + WINDOW) == 7
+    assert budget.held_back() == 0
+    assert budget.admit(FINGERPRINT, 100.0 + WINDOW) is None
+
+
+def test_each_fingerprint_has_its_own_budget() -> None:
+    budget = EventBudget(1)
+    assert budget.admit(FINGERPRINT, 1.0) == 0
+    assert budget.admit(["proj.task", "KeyError"], 1.0) == 0
+    assert budget.admit(["proj.other", "ValueError"], 1.0) == 0
+    assert budget.admit(FINGERPRINT, 1.0) is None
+
+
+def test_more_fingerprints_than_slots_reuse_the_stalest() -> None:
+    budget = EventBudget(1, slots=4)
+    for n in range(40):
+        assert budget.admit([f"task{n}", "E"], float(n)) == 0
+    assert budget.admit(["task39", "E"], 39.0) is None
+
+
+def test_forked_processes_share_one_budget() -> None:
+    budget = EventBudget(2)
+    assert budget.admit(FINGERPRINT, 1.0) == 0
+    pid = os.fork()
+    if pid == 0:  # the child spends the rest of the budget, then one over it
+        code = 0 if (budget.admit(FINGERPRINT, 2.0), budget.admit(FINGERPRINT, 2.0)) == (
+            0, None) else 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert budget.admit(FINGERPRINT, 3.0) is None
+    assert budget.held_back() == 2
+
+
+def test_a_lock_never_released_does_not_stall_reporting() -> None:
+    """As if a pool process was killed holding it: the event goes out, uncounted."""
+    budget = EventBudget(1)
+    budget._lock.acquire()
+    started = time.monotonic()
+    assert budget.admit(FINGERPRINT, 1.0) == 0
+    assert time.monotonic() - started < LOCK_WAIT + 0.5
+
+
+def error_event(**extra: Any) -> dict[str, Any]:
+    frame = {"function": "run", "vars": {"secret": "'s3cret'"}}
+    return {"exception": {"values": [{"type": "ValueError", "mechanism": {"type": "generic"},
+                                      "stacktrace": {"frames": [frame]}}]},
+            "threads": {"values": [{"stacktrace": {"frames": [dict(frame)]}}]}, **extra}
+
+
+def test_the_screen_drops_celery_integrations_own_capture() -> None:
+    event = error_event()
+    event["exception"]["values"][0]["mechanism"]["type"] = "celery"
+    assert _screen(None, include_args=False)(event, {}) is None
+
+
+@pytest.mark.parametrize(("logger", "message"), [
+    ("celery.worker.request", "Hard time limit (%ss) exceeded for %s[%s]"),
+    ("celery.worker.request", "Task handler raised error: %r"),
+    ("multiprocessing", "Process %r pid:%r exited with %r"),
+])
+def test_the_screen_drops_celerys_log_lines_for_failures_it_reports(logger: str,
+                                                                    message: str) -> None:
+    event = {"logger": logger, "logentry": {"message": message, "params": []}}
+    assert _screen(None, include_args=True)(event, {}) is None
+
+
+def test_the_screen_keeps_other_log_events() -> None:
+    event = {"logger": "celery.worker.consumer", "logentry": {"message": "Cannot connect"}}
+    assert _screen(None, include_args=False)(event, {}) == event
+
+
+def test_without_include_args_no_frame_keeps_its_locals() -> None:
+    event = _screen(None, include_args=False)(error_event(), {})
+    frames = [*event["exception"]["values"][0]["stacktrace"]["frames"],
+              *event["threads"]["values"][0]["stacktrace"]["frames"]]
+    assert len(frames) == 2
+    assert all("vars" not in frame for frame in frames)
+
+
+def test_with_include_args_frames_keep_their_locals() -> None:
+    event = _screen(None, include_args=True)(error_event(), {})
+    assert event["exception"]["values"][0]["stacktrace"]["frames"][0]["vars"]
+
+
+def test_without_include_args_celery_integrations_job_extra_loses_its_arguments() -> None:
+    job = {"task_name": "proj.task", "args": ["s3cret"], "kwargs": {"k": "s3cret"}}
+    event = _screen(None, include_args=False)(error_event(extra={"celery-job": job}), {})
+    assert "s3cret" not in repr(event)
+    assert event["extra"]["celery-job"]["task_name"] == "proj.task"
+
+
+def test_without_include_args_the_redo_line_keeps_what_failed_but_not_the_message() -> None:
+    params = ["dead-letter proj.task[1] to dlq", "ConnectionError()",
+              '{"message": {"args": ["s3cret"]}}']
+    event = {"logger": "celery_policies", "level": "fatal",
+             "logentry": {"message": REDO_FORMAT, "params": params,
+                          "formatted": REDO_FORMAT % tuple(params)}}
+    screened = _screen(None, include_args=False)(event, {})
+    assert "s3cret" not in repr(screened)
+    assert screened["logentry"]["formatted"].startswith(
+        "could not dead-letter proj.task[1] to dlq ('ConnectionError()')")
+
+
+def test_the_applications_before_send_still_decides() -> None:
+    seen = []
+
+    def before_send(event: dict[str, Any], hint: dict[str, Any]) -> None:
+        seen.append(event)
+
+    assert _screen(before_send, include_args=False)(error_event(), {}) is None
+    assert len(seen) == 1
+
+
+def test_screening_twice_wraps_once() -> None:
+    screen = _screen(None, include_args=False)
+    assert _screen(screen, include_args=False) is screen
+
+
+def test_delays_come_from_countdowns_and_etas() -> None:
+    assert _delay(2) == 2.0
+    assert _delay(None) is None
+    eta = datetime.now(timezone.utc) + timedelta(seconds=30)
+    assert 29 < (_delay(eta.isoformat()) or 0) <= 30
+    assert 29 < (_delay(eta.replace(tzinfo=None)) or 0) <= 30
+
+
+def test_each_earlier_retry_becomes_a_breadcrumb() -> None:
+    history = [{"retry": 1, "delay": 0.2, "exception": "proj.Flaky", "message": "down",
+                "at": 1_700_000_000.5},
+               {"retry": 2, "delay": 0.4, "exception": "proj.Flaky", "message": None,
+                "at": 1_700_000_001.0}]
+    crumbs = _breadcrumbs(history)
+    assert [crumb["message"] for crumb in crumbs] == [
+        "retry 1 in 0.2s after proj.Flaky: down", "retry 2 in 0.4s after proj.Flaky"]
+    assert crumbs[0]["timestamp"] == datetime.fromtimestamp(1_700_000_000.5, timezone.utc)
+    assert {crumb["category"] for crumb in crumbs} == {"celery.retry"}
