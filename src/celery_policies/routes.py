@@ -125,7 +125,7 @@ class FailureRouter:
         return {
             "reason": reason,
             "exception": exception_name(type(exc)),
-            "exception_message": _message(exc)[:MESSAGE_LIMIT],
+            "exception_message": failure_message(exc)[:MESSAGE_LIMIT],
             "traceback": clip_traceback(traceback),
             "retries": int(headers.get("retries") or 0),
             "redeliveries": int(headers.get(REDELIVERIES_HEADER) or 0),
@@ -177,7 +177,8 @@ def origin_queue(app: Celery, delivery: dict[str, Any]) -> str | None:
     return key
 
 
-def _message(exc: BaseException) -> str:
+def failure_message(exc: BaseException) -> str:
+    """An exception's message as a person reads it."""
     if isinstance(exc, TimeLimitExceeded) and exc.args:  # str() gives "TimeLimitExceeded(2,)"
         return f"hard time limit ({exc.args[0]}s) exceeded"
     return str(exc)

@@ -50,7 +50,7 @@ from .budget import EventBudget
 from .deadletter import exception_name
 from .redelivery import EXHAUSTED_FORMAT, RedeliveriesExhausted
 from .retrying import GAVE_UP_ATTR
-from .routes import REDO_FORMAT, origin_queue
+from .routes import REDO_FORMAT, failure_message, origin_queue
 
 if TYPE_CHECKING:
     from .model import SentryConfig
@@ -234,7 +234,7 @@ class SentryReporter:
             return
         with _guard("record a retry for Sentry"):
             exc = sys.exc_info()[1]
-            entry = {"retry": retry, "delay": round(_delay(headers.get("eta")) or 0.0, 3),
+            entry = {"retry": retry, "delay": round(_delay(headers.get("eta")) or 0.0, 2),
                      "exception": exception_name(type(exc)) if exc else None,
                      "message": str(exc)[:HISTORY_MESSAGE_LIMIT] if exc else None,
                      "at": round(time.time(), 3)}
@@ -293,6 +293,8 @@ class SentryReporter:
         client = sentry_sdk.get_client()
         event, hint = event_from_exception(exc_info, client_options=client.options,
                                            mechanism={"type": MECHANISM, "handled": False})
+        if main:  # no stack: say what happened ("hard time limit (1.0s) exceeded")
+            event["exception"]["values"][-1]["value"] = failure_message(exc)
         allowed = self.view.retries_allowed(name, type(exc))
         tags = {"celery.task": name, "celery.task_id": task_id,
                 "celery.queue": facts.get("queue") or "unknown",
