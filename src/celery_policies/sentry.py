@@ -126,10 +126,15 @@ class SentryReporter:
                   "release are not used)"
         elif config.dsn:
             try:
+                # Only sentry_sdk's default integrations (logging, excepthook...): the
+                # auto-enabled ones (Celery, Redis, ...) instrument every task run and every
+                # command for tracing this client does not do, and CeleryIntegration builds an
+                # event for every failure that this module then drops.
                 sentry_sdk.init(dsn=config.dsn, environment=config.environment,
                                 release=config.release,
                                 include_local_variables=self.include_args,
-                                shutdown_timeout=self.flush_timeout)
+                                shutdown_timeout=self.flush_timeout,
+                                auto_enabling_integrations=False)
             except Exception as exc:
                 return logging.ERROR, (f"celery-policies: could not set up Sentry ({exc!r}); "
                                        "nothing is reported to Sentry")
@@ -195,6 +200,10 @@ class SentryReporter:
         if isinstance(exception, getattr(sender, "throws", ())):
             return  # "expected errors": Celery logs them at INFO, without a traceback
         with _guard(f"report the failure of {getattr(sender, 'name', sender)} to Sentry"):
+            fingerprint = _fingerprint(sender.name, exception)
+            held = self.budget.admit(fingerprint, time.time())
+            if held is None:
+                return
             request = sender.request
             if getattr(exception, GAVE_UP_ATTR, None) == "deadline":
                 reason = "deadline"
@@ -205,7 +214,8 @@ class SentryReporter:
             routes = self.view.routes_taken(sender.name, type(exception))
             dead_lettered = _queues(routes)
             self._capture(sender.name, request.id, _facts(self.app, request), exception,
-                          (type(exception), exception, traceback), reason, dead_lettered)
+                          (type(exception), exception, traceback), reason, dead_lettered,
+                          fingerprint=fingerprint, held=held)
 
     def on_task_retry(self, sender: Any = None, request: Any = None, reason: Any = None,
                       **_: Any) -> None:
@@ -214,12 +224,16 @@ class SentryReporter:
         if sender is None or request is None or not isinstance(exc, BaseException):
             return
         with _guard(f"report a retry of {sender.name} to Sentry"):
+            fingerprint = [*_fingerprint(sender.name, exc), "retry"]
+            held = self.budget.admit(fingerprint, time.time())
+            if held is None:
+                return
             retry = int(request.retries or 0) + 1
             when = getattr(reason, "when", None)
             delay = _delay(when)
             self._capture(sender.name, request.id, _facts(self.app, request), exc,
                           (type(exc), exc, exc.__traceback__), None, None,
-                          retry=(retry, delay))
+                          fingerprint=fingerprint, held=held, retry=(retry, delay))
 
     def on_before_publish(self, headers: dict[str, Any] | None = None, **_: Any) -> None:
         """``report_retries: breadcrumb``: a retry's message carries the retries so far, so
@@ -248,16 +262,26 @@ class SentryReporter:
         if not isinstance(exc, MAIN_PROCESS_FAILURES):
             return
         with _guard(f"report the failure of {request.name}[{request.id}] to Sentry"):
+            fingerprint = _fingerprint(request.name, exc)
+            held = self.budget.admit(fingerprint, time.time())
+            if held is None:
+                return
             if isinstance(exc, RedeliveriesExhausted):
                 reason = "redeliveries"
             routes = self.view.routes_taken(request.name, type(exc))
             dead_lettered = _queues(routes) if routed else "failed"
             facts = _facts_of_message(request)
             self._capture(request.name, request.id, facts, exc, (type(exc), exc, None),
-                          reason, dead_lettered, main=True)
+                          reason, dead_lettered, fingerprint=fingerprint, held=held, main=True)
 
     def on_process_shutdown(self, **_: Any) -> None:
-        self._flush()
+        with _guard("flush Sentry events"):
+            import sentry_sdk
+
+            # CeleryIntegration flushes each pool process as it exits; a second flush would
+            # wait a second time on an endpoint that does not answer.
+            if sentry_sdk.get_client().get_integration("celery") is None:
+                self._flush()
 
     def on_worker_shutdown(self, **_: Any) -> None:
         held = self.budget.held_back()
@@ -279,14 +303,11 @@ class SentryReporter:
     # -- the event --------------------------------------------------------------------------
     def _capture(self, name: str, task_id: str, facts: dict[str, Any], exc: BaseException,
                  exc_info: tuple[type[BaseException], BaseException, Any],
-                 reason: str | None, dead_lettered: str | None, *,
-                 retry: tuple[int, float | None] | None = None, main: bool = False) -> None:
-        fingerprint = [name, exception_name(type(exc))]
-        if retry is not None:
-            fingerprint.append("retry")
-        held = self.budget.admit(fingerprint, time.time())
-        if held is None:
-            return
+                 reason: str | None, dead_lettered: str | None, *, fingerprint: list[str],
+                 held: int, retry: tuple[int, float | None] | None = None,
+                 main: bool = False) -> None:
+        """Build and send one event (its fingerprint already admitted by the budget, with
+        ``held`` events of it held back since the last one sent)."""
         import sentry_sdk
         from sentry_sdk.utils import event_from_exception
 
@@ -329,6 +350,11 @@ class SentryReporter:
                 sentry_sdk.capture_event(event, hint=hint)
         else:
             sentry_sdk.capture_event(event, hint=hint)
+
+
+def _fingerprint(name: str, exc: BaseException) -> list[str]:
+    """One Sentry issue per task and exception type, however many runs hit it."""
+    return [name, exception_name(type(exc))]
 
 
 def _facts(app: Celery, request: Any) -> dict[str, Any]:

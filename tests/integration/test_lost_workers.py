@@ -27,7 +27,7 @@ def progress(counters: Any, key: str) -> int:
     return int(counters.scard(key))
 
 
-def settle(counters: Any, key: str, quiet: float = 6.0, timeout: float = 90.0) -> int:
+def settle(counters: Any, key: str, quiet: float = 10.0, timeout: float = 90.0) -> int:
     """Wait until all tasks are in, or nothing has come in for ``quiet`` seconds."""
     deadline = time.monotonic() + timeout
     last, since = -1, time.monotonic()
