@@ -120,7 +120,6 @@ class SentryReporter:
                                    "sentry_sdk is not installed (pip install "
                                    "'celery-policies[sentry]'); nothing is reported to Sentry")
         config = self.config
-        self._main_pid = os.getpid()
         if sentry_sdk.get_client().is_active():
             how = "the application's Sentry client (the file's dsn, environment and " \
                   "release are not used)"
@@ -150,20 +149,25 @@ class SentryReporter:
             ignore_logger(name)
         options = sentry_sdk.get_client().options
         options["before_send"] = _screen(options.get("before_send"), self.include_args)
-        self._connect()
+        self._connect(celery_integration=sentry_sdk.get_client().get_integration("celery")
+                      is not None)
         return logging.INFO, (f"celery-policies: reporting failures to Sentry through {how}; "
                               f"retries: {config.report_retries}; arguments "
                               f"{'included' if self.include_args else 'never sent'}")
 
-    def _connect(self) -> None:
+    def _connect(self, *, celery_integration: bool) -> None:
         uid = f"celery_policies.sentry:{id(self.app)}"
         hooks: list[tuple[Any, Callable[..., None]]] = [
             (signals.worker_process_init, self.on_process_init),
-            (signals.task_prerun, self.on_task_prerun),
             (signals.task_failure, self.on_task_failure),
-            (signals.worker_process_shutdown, self.on_process_shutdown),
             (signals.worker_shutdown, self.on_worker_shutdown),
         ]
+        if not celery_integration:
+            # CeleryIntegration gives each task a scope of its own, and flushes each pool
+            # process as it exits (a second flush would wait twice on an endpoint that does
+            # not answer). Without it, the plugin does both.
+            hooks += [(signals.task_prerun, self.on_task_prerun),
+                      (signals.worker_process_shutdown, self.on_process_shutdown)]
         if self.config.report_retries == "event":
             hooks.append((signals.task_retry, self.on_task_retry))
         elif self.config.report_retries == "breadcrumb":
@@ -182,14 +186,13 @@ class SentryReporter:
             if client.is_active() and getattr(client, "transport", None) is not None:
                 client.transport = make_transport(client.options)
 
-    def on_task_prerun(self, task: Any = None, **_: Any) -> None:
+    def on_task_prerun(self, **_: Any) -> None:
         """Without CeleryIntegration a pool child's scope outlives its tasks: start each task
         with no breadcrumbs, so an event shows only its own."""
         with _guard("start a task's Sentry scope"):
             import sentry_sdk
 
-            if sentry_sdk.get_client().get_integration("celery") is None:
-                sentry_sdk.get_isolation_scope().clear_breadcrumbs()
+            sentry_sdk.get_isolation_scope().clear_breadcrumbs()
 
     def on_task_failure(self, sender: Any = None, exception: BaseException | None = None,
                         traceback: Any = None, **_: Any) -> None:
@@ -275,13 +278,7 @@ class SentryReporter:
                           reason, dead_lettered, fingerprint=fingerprint, held=held, main=True)
 
     def on_process_shutdown(self, **_: Any) -> None:
-        with _guard("flush Sentry events"):
-            import sentry_sdk
-
-            # CeleryIntegration flushes each pool process as it exits; a second flush would
-            # wait a second time on an endpoint that does not answer.
-            if sentry_sdk.get_client().get_integration("celery") is None:
-                self._flush()
+        self._flush()
 
     def on_worker_shutdown(self, **_: Any) -> None:
         held = self.budget.held_back()
