@@ -70,6 +70,11 @@ def test_killing_workers_mid_run_loses_tasks_only_without_the_policy(
     done = settle(counters, key)
     if policy == "none":
         assert done < TASKS, "tasks running when the processes died should have been lost"
+    elif client.conf.broker_url.startswith("redis"):
+        # kombu's Redis transport takes a message off the queue (BRPOP) before it records it
+        # as unacknowledged (kombu/transport/redis.py QoS.append); the one message a killed
+        # main process's BRPOP had taken in that window is gone with it.
+        assert done >= TASKS - 1
     else:
         assert done == TASKS
         assert counters.smembers(key) == {str(i).encode() for i in range(TASKS)}
