@@ -28,6 +28,9 @@ FIRST_ATTEMPT_HEADER = "celery_policies_first_attempt"
 #: Set on an exception the wrapper stopped retrying: why (a ``GiveUpReason``). It travels
 #: with the pickled exception from the pool child to the worker's main process.
 GAVE_UP_ATTR = "celery_policies_gave_up"
+#: The logger of the line each give-up writes. It repeats a failure the Sentry reporter sends
+#: as an event of its own, so the reporter keeps Sentry's logging integration off it.
+GIVE_UP_LOGGER = "celery_policies.gave_up"
 #: Marks a task whose ``run`` is the plugin's wrapper; holds the run it wraps.
 ORIGINAL_RUN = "_celery_policies_run"
 

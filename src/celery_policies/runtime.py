@@ -44,12 +44,13 @@ from .loader import Policies, load_policies
 from .matching import Matcher
 from .pools import pool_name, unenforced
 from .redelivery import capped_request_class
-from .retrying import wrap_run
+from .retrying import GIVE_UP_LOGGER, wrap_run
 from .routes import FailureRouter, routed_request_class
 from .sentry import SentryReporter
 from .simulation import routes_for
 
 log = logging.getLogger("celery_policies")
+give_up_log = logging.getLogger(GIVE_UP_LOGGER)
 
 #: The environment variable naming the policy file.
 ENV_VAR = "CELERY_POLICIES_FILE"
@@ -242,10 +243,11 @@ class Runtime:
         """Log the end of a task the wrapper stops retrying, with the routes it takes."""
         policy = self.tasks.get(task.name)
         routes = policy.value("on_failure") if policy else None
-        log.warning("giving up on %s[%s] after %d retr%s: %s %s (policy %s); on_failure: %s",
-                    task.name, task.request.id, retries, "y" if retries == 1 else "ies",
-                    type(exc).__name__, _REASONS[reason], policy.label if policy else None,
-                    self.describe_routes(routes, type(exc)))
+        give_up_log.warning(
+            "giving up on %s[%s] after %d retr%s: %s %s (policy %s); on_failure: %s",
+            task.name, task.request.id, retries, "y" if retries == 1 else "ies",
+            type(exc).__name__, _REASONS[reason], policy.label if policy else None,
+            self.describe_routes(routes, type(exc)))
 
     def describe_routes(self, routes: Any, exc_type: type[BaseException]) -> str:
         if not routes or self.policies is None:

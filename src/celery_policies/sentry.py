@@ -49,7 +49,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLo
 from .budget import EventBudget
 from .deadletter import exception_name
 from .redelivery import EXHAUSTED_FORMAT, RedeliveriesExhausted
-from .retrying import GAVE_UP_ATTR
+from .retrying import GAVE_UP_ATTR, GIVE_UP_LOGGER
 from .routes import REDO_FORMAT, failure_message, origin_queue
 
 if TYPE_CHECKING:
@@ -72,7 +72,11 @@ MAIN_PROCESS_FAILURES = (TimeLimitExceeded, WorkerLostError, RedeliveriesExhaust
 
 #: Loggers whose records repeat a failure this module reports, or carry task arguments in
 #: their ``extra`` (celery/app/trace.py ``_log_error``, celery/worker/strategy.py "received").
-IGNORED_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.worker.job")
+#: Sentry's logging integration skips them: no event, no breadcrumb, no Sentry log. Besides
+#: privacy this is speed: each failing task writes two of these lines, and each would cost a
+#: breadcrumb and a Sentry Logs handler call in the pool process.
+IGNORED_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.worker.job",
+                   GIVE_UP_LOGGER)
 #: Log lines (logger, format) that repeat a main-process failure this module reports.
 DUPLICATE_LOG_LINES = frozenset({
     ("celery.worker.request", "Hard time limit (%ss) exceeded for %s[%s]"),
@@ -143,10 +147,15 @@ class SentryReporter:
             return logging.WARNING, ("celery-policies: the sentry: section has no dsn and the "
                                      "application has not initialised sentry_sdk; nothing is "
                                      "reported to Sentry")
-        from sentry_sdk.integrations.logging import ignore_logger
+        from sentry_sdk.integrations import logging as sentry_logging
 
+        # Since sentry-python PR 5698 ignore_logger no longer covers Sentry Logs, which have
+        # an ignore list of their own; before it, the one call covered both.
+        ignore_for_logs = getattr(sentry_logging, "ignore_logger_for_sentry_logs", None)
         for name in IGNORED_LOGGERS:
-            ignore_logger(name)
+            sentry_logging.ignore_logger(name)
+            if ignore_for_logs is not None:
+                ignore_for_logs(name)
         options = sentry_sdk.get_client().options
         options["before_send"] = _screen(options.get("before_send"), self.include_args)
         self._connect(celery_integration=sentry_sdk.get_client().get_integration("celery")

@@ -121,6 +121,9 @@ def test_exhausted_retries_send_one_error_event_with_a_breadcrumb_per_retry(
     # retry_backoff 0.2s, no jitter: 0.2 s then 0.4 s
     assert [round(crumb["data"]["delay"], 1) for crumb in retries] == [0.2, 0.4]
     assert all(crumb["data"]["exception"] == "tests.support.proj.Flaky" for crumb in retries)
+    # the plugin's own "giving up on ..." line repeats the event: not a breadcrumb of it
+    assert not [crumb for crumb in event["breadcrumbs"]["values"]
+                if "giving up" in str(crumb.get("message"))]
     # the stack is the task's own, from the process that ran it
     frames = exception_of(event)["stacktrace"]["frames"]
     assert frames[-1]["function"] == "_flaky"
