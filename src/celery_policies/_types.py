@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, WithJsonSchema
 
 from .durations import DURATION_PATTERN, parse_duration
+from .lintcodes import CODES_BY_NAME, RULES
 
 #: The spelling of "no limit" for ``max_retries`` and ``max_redeliveries``.
 UNLIMITED = "unlimited"
@@ -142,6 +143,24 @@ def _one_or_many(value: object) -> object:
     return [value] if isinstance(value, str) else value
 
 
+def _lint_code(value: object) -> str:
+    code = value.strip().upper() if isinstance(value, str) else None
+    if code in RULES:
+        return code
+    hint = ""
+    if isinstance(value, str) and value.strip() in CODES_BY_NAME:
+        hint = f" (rule {value.strip()} is {CODES_BY_NAME[value.strip()]})"
+    raise ValueError(f"unknown lint rule code {got(value)}{hint}; the codes are {min(RULES)} to "
+                     f"{max(RULES)} (docs/lint.md)")
+
+
+def _lint_codes(value: object) -> object:
+    """Accept one code where a list is expected: ``lint_ignore: CP108``."""
+    if value is None:
+        raise ValueError("expected a list of lint rule codes, got null (leave the key out)")
+    return [value] if isinstance(value, str) else value
+
+
 def not_null(value: object) -> object:
     """Refuse ``null`` for a key whose absence already means "not set"."""
     if value is None:
@@ -209,6 +228,12 @@ ExceptionList = Annotated[
     WithJsonSchema({"anyOf": [_EXCEPTION_SCHEMA,
                               {"type": "array", "items": _EXCEPTION_SCHEMA}]}),
 ]
+_LINT_CODE_SCHEMA: dict[str, Any] = {"enum": sorted(RULES)}
+LintCodes = Annotated[
+    tuple[Annotated[str, BeforeValidator(_lint_code)], ...] | None,
+    BeforeValidator(_lint_codes),
+    WithJsonSchema({"anyOf": [_LINT_CODE_SCHEMA, {"type": "array", "items": _LINT_CODE_SCHEMA}]}),
+]
 NonEmptyText = Annotated[str | None, BeforeValidator(_non_empty_text),
                          WithJsonSchema({"type": "string", "minLength": 1})]
 
@@ -227,4 +252,5 @@ ACCEPTS: dict[Any, str] = {
     _one_or_many: "list of exception classes (dotted path or builtin name)",
     _non_empty_text: "text",
     _exception_path: "exception class",
+    _lint_codes: "list of lint rule codes (`CP101`, ...)",
 }

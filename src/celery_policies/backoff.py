@@ -72,7 +72,7 @@ CELERY_RULE = RetryRule(CELERY_MAX_RETRIES, None, CELERY_RETRY_BACKOFF_MAX, CELE
                         CELERY_DEFAULT_RETRY_DELAY)
 
 
-def _rule(get: Callable[[str], Any], parent: RetryRule = CELERY_RULE) -> RetryRule:
+def retry_rule(get: Callable[[str], Any], parent: RetryRule = CELERY_RULE) -> RetryRule:
     """A rule from effective values; a key that is ``None`` keeps ``parent``'s value."""
     max_retries = get("max_retries")
     backoff = get("retry_backoff")
@@ -89,7 +89,8 @@ def _rule(get: Callable[[str], Any], parent: RetryRule = CELERY_RULE) -> RetryRu
     )
 
 
-def _attributes(obj: object) -> Callable[[str], Any]:
+def attributes(obj: object) -> Callable[[str], Any]:
+    """A ``get(key)`` over an object's attributes (a ``retry_per_exception`` entry)."""
     return lambda key: getattr(obj, key, None)
 
 
@@ -110,7 +111,7 @@ class RetrySettings:
         Exception names are imported here, once; a name that cannot be imported is kept and
         matched by name.
         """
-        rule = _rule(get)
+        rule = retry_rule(get)
         per_exception = get("retry_per_exception") or {}
         refs = resolve_refs(per_exception)
         return cls(
@@ -118,7 +119,7 @@ class RetrySettings:
             dont_autoretry_for=resolve_refs(get("dont_autoretry_for") or ()),
             rule=rule,
             per_exception=tuple(
-                (ref, _rule(_attributes(override), rule))
+                (ref, retry_rule(attributes(override), rule))
                 for ref, override in zip(refs, per_exception.values(), strict=True)
             ),
             deadline=get("retry_deadline"),
@@ -204,3 +205,24 @@ def simulate(settings: RetrySettings, exc_type: type[BaseException],
             high_start = min(high_start, settings.deadline)
     return steps
 
+
+
+def schedule(rule: RetryRule, deadline: float | None, attempts: int) -> list[Step]:
+    """``simulate`` for a failure that ``rule`` always retries, whatever its class."""
+    settings = RetrySettings((BaseException,), (), rule, (), deadline)
+    return simulate(settings, BaseException, attempts)
+
+
+def longest_countdown(rule: RetryRule, deadline: float | None) -> float:
+    """The longest delay ``rule`` can put before one retry (0 when it never retries): what a
+    broker may have to hold as a message with an ETA.
+
+    Delays only grow with the retry number, so the last retry's is the longest; a retry whose
+    countdown would pass ``deadline`` is not made, so none exceeds it.
+    """
+    if rule.max_retries == 0:
+        return 0.0
+    # from 1024 retries on, bounds() gives the cap itself
+    last = 1024 if rule.max_retries is None else min(rule.max_retries - 1, 1024)
+    longest = rule.bounds(last)[1]
+    return longest if deadline is None else min(longest, deadline)

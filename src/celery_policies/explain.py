@@ -1,4 +1,4 @@
-"""What a policy file means for each task: effective settings, their sources, and coverage.
+"""What a policy file means for each task: effective settings and their sources.
 
 The JSON form (``to_json``) is a documented contract (docs/explain-json.md)::
 
@@ -25,7 +25,6 @@ from .appinfo import effective_settings
 from .loader import Policies
 from .matching import Matcher, Setting
 from .model import DEFAULT_DEAD_LETTER_QUEUE
-from .patterns import parse_pattern
 
 
 @dataclass(frozen=True)
@@ -74,46 +73,10 @@ def to_json(policies: Policies, explanations: Iterable[Explanation]) -> dict[str
     return {"file": policies.file, "tasks": tasks}
 
 
-@dataclass(frozen=True)
-class Coverage:
-    """Patterns that match no registered task, and tasks that no policy matches."""
-
-    unmatched: list[tuple[int, str, tuple[int, int]]]  # (policy index, pattern, (line, col))
-    uncovered: list[str]
-
-
-def coverage(policies: Policies, matcher: Matcher, names: Iterable[str]) -> Coverage:
-    names = list(names)
-    unmatched = []
-    for index, policy in enumerate(policies.model.policies):
-        for j, text in enumerate(policy.match):
-            pattern = parse_pattern(text)
-            if not any(pattern.matches(n) for n in names):
-                # a single pattern written as a string falls back to the 'match' value itself
-                where = policies.position(("policies", index, "match", j))
-                unmatched.append((index, text, where))
-    uncovered = [n for n in names if not matcher.matching(n)]
-    return Coverage(unmatched, uncovered)
-
-
 def dead_letter_queue(policies: Policies) -> str:
     """The queue a ``dead_letter: true`` route publishes to."""
     section = policies.model.dead_letter
     return (section.queue if section is not None else None) or DEFAULT_DEAD_LETTER_QUEUE
-
-
-def limit_conflicts(explanations: Iterable[Explanation]) -> list[tuple[str, Setting, Setting]]:
-    """Tasks whose effective soft time limit is not below the hard one, once the layers merge
-    (each layer was valid alone): ``(task, soft_time_limit, time_limit)``. The hard limit then
-    kills the task before the soft one can fire."""
-    found = []
-    for item in explanations:
-        soft, _ = item.settings["soft_time_limit"]
-        hard, _ = item.settings["time_limit"]
-        if (soft.value is not None and hard.value is not None and soft.value >= hard.value
-                and (soft.source.from_file or hard.source.from_file)):
-            found.append((item.task, soft, hard))
-    return found
 
 
 def fingerprint(matcher: Matcher, names: Iterable[str]) -> str:

@@ -109,7 +109,8 @@ class Matcher:
         if model.defaults is not None:
             line = policies.position(("defaults",), key=True)[0]
             source = Source("defaults", policies.file, line)
-            self._defaults = {k: Setting(v, source) for k, v in model.defaults.set_values().items()}
+            self._defaults = {k: Setting(v, source)
+                              for k, v in model.defaults.task_settings().items()}
         self._settings: list[dict[str, Setting]] = []
         # Every pattern as (specificity, policy index, n, where to look it up, the literal to
         # look up, sieve), sorted in the order policies apply; n breaks ties between patterns
@@ -118,10 +119,8 @@ class Matcher:
         for index, policy in enumerate(model.policies):
             line = policies.position(("policies", index))[0]
             source = Source("policy", policies.file, line, index, policy.name)
-            values = policy.set_values()
-            values.pop("match", None)
-            values.pop("name", None)
-            self._settings.append({k: Setting(v, source) for k, v in values.items()})
+            self._settings.append({k: Setting(v, source)
+                                   for k, v in policy.task_settings().items()})
             for text in policy.match:
                 pattern = parse_pattern(text)
                 where = ("exact" if pattern.kind is Kind.EXACT else "prefix" if pattern.prefix
@@ -146,6 +145,11 @@ class Matcher:
             merged.update(self._settings[index])
         labels = self._labels
         return ResolvedPolicy(name, tuple([labels[i] for i in order]), MappingProxyType(merged))
+
+    def resolve_alone(self, index: int | None, name: str) -> ResolvedPolicy:
+        """What a task matched by ``policies[index]`` alone gets (``None``: by no policy),
+        called ``name``: what ``check`` lints when no app says which tasks exist."""
+        return self._merge(name, [] if index is None else [index])
 
     def resolve_all(self, names: Iterable[str]) -> dict[str, ResolvedPolicy]:
         """``resolve`` for many names at once: far cheaper than one by one."""

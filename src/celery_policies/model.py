@@ -30,6 +30,7 @@ from ._types import (
     ExceptionPath,
     IntervalSeconds,
     Jitter,
+    LintCodes,
     NonEmptyText,
     OptionalDuration,
     PositiveCount,
@@ -169,6 +170,23 @@ class PolicySettings(_Model):
 
     _cap = field_validator("retry_backoff_max")(_check_backoff_cap)
 
+    def task_settings(self) -> dict[str, Any]:
+        """The task settings written here, without the keys that only say which tasks
+        (``match``) or how they are reported (``name``, ``lint_ignore``)."""
+        return {k: v for k, v in self.set_values().items() if k in PolicySettings.model_fields}
+
+
+class LintIgnore(_Model):
+    """``lint_ignore``: allowed under ``defaults:`` and in every policy (docs/lint.md)."""
+
+    lint_ignore: LintCodes = Field(
+        None, description="Lint rule codes (CP101, ...) not reported for this policy (under "
+                          "defaults: for defaults and for findings that belong to no policy).")
+
+
+class Defaults(PolicySettings, LintIgnore):
+    """The ``defaults:`` section: settings every task gets, below any policy."""
+
 
 def _patterns(value: object) -> object:
     items = [value] if isinstance(value, str) else value
@@ -189,7 +207,7 @@ def _pattern(value: object) -> str:
 _PATTERN_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1}
 
 
-class Policy(PolicySettings):
+class Policy(PolicySettings, LintIgnore):
     """A policy: which tasks it applies to (``match``), an optional label, and settings."""
 
     match: Annotated[
@@ -227,6 +245,15 @@ class DeadLetterConfig(_Model):
         None, description="Keep at most this many dead letters, dropping the oldest.")
 
 
+class BrokerConfig(_Model):
+    """The ``broker:`` section: what the broker server is configured with, which the app's
+    settings cannot tell (read by ``check``; docs/lint.md)."""
+
+    consumer_timeout: OptionalDuration = Field(
+        None, description="RabbitMQ's consumer_timeout as the server sets it (30 min by default "
+                          "since RabbitMQ 3.8.17); null when the server has none.")
+
+
 def _version(value: object) -> int:
     if value == 1 and type(value) is int:
         return 1
@@ -242,10 +269,12 @@ class PolicyFile(_Model):
 
     version: Annotated[int, BeforeValidator(_version), WithJsonSchema({"const": 1})] = Field(
         description="The file format's version: `1`.")
-    defaults: PolicySettings | None = Field(
+    defaults: Defaults | None = Field(
         None, description="Settings applied to every task, below any policy.")
     sentry: SentryConfig | None = Field(None, description="Forwarding failures to Sentry.")
     dead_letter: DeadLetterConfig | None = Field(None, description="The dead-letter queue.")
+    broker: BrokerConfig | None = Field(
+        None, description="The broker server's own settings, for check's lint rules.")
     policies: tuple[Policy, ...] = Field((), description="Policies, matched by task name.")
 
     def consistency_problems(self) -> list[tuple[DocPath, str]]:

@@ -13,8 +13,10 @@ from pydantic.fields import FieldInfo
 
 from ._types import ACCEPTS
 from .model import (
+    BrokerConfig,
     DeadLetterConfig,
     FailureRoute,
+    LintIgnore,
     Policy,
     PolicyFile,
     PolicySettings,
@@ -37,8 +39,14 @@ _SECTIONS: list[tuple[str, type[BaseModel], tuple[str, ...] | None, str]] = [
      "Taken in order when a task fails for good; give exactly one of `dead_letter` or `task`."),
     ("`publish_retry_policy`", PublishRetryPolicy, None,
      "Celery's `retry_policy` for sending messages while the broker is unreachable."),
+    ("Silencing lint rules", LintIgnore, None,
+     "Allowed under `defaults:` and in every policy: `check` and the worker do not report "
+     "these rules where they would point at this policy ([lint.md](lint.md))."),
     ("`sentry:`", SentryConfig, None, "Forwarding failures to Sentry."),
     ("`dead_letter:`", DeadLetterConfig, None, "The dead-letter queue."),
+    ("`broker:`", BrokerConfig, None,
+     "What the broker server is configured with, which the app's settings cannot tell; read "
+     "by `check`'s lint rules ([lint.md](lint.md))."),
 ]
 
 
@@ -78,7 +86,7 @@ def _default(field: FieldInfo) -> str:
 
 #: Keys whose ``null`` means something (no limit, no value); every other key refuses null.
 NULLABLE_KEYS = frozenset({"time_limit", "soft_time_limit", "rate_limit", "retry_deadline",
-                           "dsn", "environment", "release"})
+                           "dsn", "environment", "release", "consumer_timeout"})
 
 
 def _strip_nulls(node: Any, key: str | None = None) -> Any:

@@ -32,17 +32,11 @@ from .backoff import GiveUpReason, RetrySettings
 from .control import RUNTIME_ATTR, versions
 from .errors import PolicyFileError
 from .exceptions import resolve_refs
-from .explain import (
-    Explanation,
-    dead_letter_queue,
-    explain,
-    fingerprint,
-    jsonable,
-    limit_conflicts,
-)
+from .explain import Explanation, dead_letter_queue, explain, fingerprint, jsonable
+from .lint import lint
 from .loader import Policies, load_policies
 from .matching import Matcher
-from .pools import pool_name, unenforced
+from .pools import pool_name
 from .redelivery import capped_request_class
 from .retrying import GIVE_UP_LOGGER, wrap_run
 from .routes import FailureRouter, routed_request_class
@@ -284,18 +278,18 @@ class Runtime:
                 **self._task_report(name, policy)}
 
     def startup_warnings(self, pool: str) -> list[str]:
-        """Time limits the pool does not enforce, and soft limits the hard one pre-empts."""
+        """The lint warnings (docs/lint.md) of the file for this app, its real pool and its
+        registered tasks, such as time limits the pool does not enforce; info findings are
+        logged here, at INFO."""
         self.pool = pool
-        warnings = []
-        for key in unenforced(pool):
-            names = [name for name, p in self.tasks.items() if p.value(key) is not None]
-            if names:
-                warnings.append(f"the {pool} pool does not enforce {key}; ignored for "
-                                f"{len(names)} task(s): {', '.join(names)}")
-        for name, soft, hard in limit_conflicts(p.explanation for p in self.tasks.values()):
-            warnings.append(f"task {name!r}: soft_time_limit {soft.value}s ({soft.source}) is "
-                            f"not below time_limit {hard.value}s ({hard.source})")
-        return warnings
+        if self.policies is None:
+            return []
+        findings = lint(self.policies, self.app, pool=pool,
+                        explanations=[p.explanation for p in self.tasks.values()])
+        for finding in findings:
+            if finding.severity == "info":
+                self._later(logging.INFO, f"celery-policies: {finding}")
+        return [str(finding) for finding in findings if finding.severity == "warning"]
 
     def fingerprint(self) -> str | None:
         if self.matcher is None:

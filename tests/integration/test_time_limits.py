@@ -37,9 +37,10 @@ def test_time_limit_kills_the_task_and_the_worker_keeps_serving(
 
 def test_a_pool_that_ignores_time_limits_is_named_at_startup(workers: Workers) -> None:
     worker = workers(RUNTIME_POLICIES, pool="solo")
-    warning = next(line for line in worker.log.splitlines() if "solo pool" in line)
+    warning = next(line for line in worker.log.splitlines()
+                   if "solo pool does not enforce time_limit" in line)
     assert "WARNING" in warning
-    assert "does not enforce time_limit" in warning
+    assert " CP103 warning: " in warning
     assert "proj.limits.sleepy" in warning
     assert "proj.limits.stubborn" in warning
     assert "proj.retry.backoff" not in warning

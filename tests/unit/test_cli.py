@@ -58,7 +58,7 @@ def test_check_with_the_app_finds_nothing_to_warn_about_in_the_example() -> None
     assert (result.exit_code, result.stderr) == (0, "")
 
 
-def test_check_with_the_app_warns_about_dead_patterns_and_uncovered_tasks(
+def test_check_with_the_app_warns_about_dead_patterns_and_tells_of_uncovered_tasks(
         policy_file: Callable[[str], Path]) -> None:
     path = policy_file("""
         version: 1
@@ -67,14 +67,30 @@ def test_check_with_the_app_warns_about_dead_patterns_and_uncovered_tasks(
     """)
     result = run("check", str(path), "--app", "examples.shop")
     assert result.exit_code == 0
-    warnings = result.stderr.splitlines()
-    assert warnings[0] == (f"{path}:3:31: warning: policies[0] pattern 'shop.biling.*' matches "
-                           "no registered task")
-    assert warnings[1:] == [f"{path}: warning: no policy matches task {name!r} (it gets no "
-                            "setting from this file)" for name in EXAMPLE_TASKS
-                            if "billing" not in name]
-    assert result.stdout == f"{path}: valid, 1 policy, 5 warnings\n"
-    assert run("check", str(path), "--app", "examples.shop", "--strict").exit_code == 1
+    uncovered = [name for name in EXAMPLE_TASKS if "billing" not in name]
+    assert result.stderr.splitlines() == [
+        f"{path}:2:1: CP115 info: no policy matches ({len(uncovered)} tasks: "
+        f"{', '.join(uncovered)}): they get no setting from this file; add a policy if they "
+        "need their own",
+        f"{path}:3:31: CP114 warning: pattern 'shop.biling.*' matches no registered task: a "
+        "renamed or removed task, or a typo: the policy applies to nothing through it; correct "
+        "the pattern or remove it"]
+    assert result.stdout == f"{path}: valid, 1 policy, 1 warning, 1 info\n"
+    strict = run("check", str(path), "--app", "examples.shop", "--strict")
+    assert strict.exit_code == 1
+    assert strict.stderr.splitlines()[-1] == "failing because of warnings (--strict)"
+
+
+def test_check_strict_does_not_fail_on_info_findings(policy_file: Callable[[str], Path]) -> None:
+    path = policy_file("""
+        version: 1
+        policies:
+          - match: "shop.billing.*"
+    """)
+    result = run("check", str(path), "--app", "examples.shop", "--strict")
+    assert result.exit_code == 0
+    assert " CP115 info: " in result.stderr
+    assert result.stdout == f"{path}: valid, 1 policy, 1 info\n"
 
 
 def test_check_with_the_app_warns_when_merged_layers_put_the_soft_limit_above_the_hard(
@@ -89,10 +105,58 @@ def test_check_with_the_app_warns_when_merged_layers_put_the_soft_limit_above_th
     """)
     result = run("check", str(path), "--app", "examples.shop")
     assert result.stderr.splitlines() == [
-        f"{path}: warning: task 'shop.emails.send_receipt' gets soft_time_limit 4m from "
-        f"defaults ({path}:2) but time_limit 1m from policies[1] ({path}:5): the hard limit "
-        "kills it before the soft one fires"]
+        f"{path}:6:5: CP117 warning: soft_time_limit 4m from defaults ({path}:2) is not below "
+        f"time_limit 1m from policies[1] ({path}:5) (1 task: shop.emails.send_receipt): the "
+        "hard limit kills the task before the soft one can raise SoftTimeLimitExceeded, so the "
+        "task never gets to clean up; keep soft_time_limit below time_limit"]
     assert run("check", str(path), "--app", "examples.shop", "--strict").exit_code == 1
+
+
+def test_check_with_a_pool_warns_about_the_time_limits_it_ignores(
+        policy_file: Callable[[str], Path]) -> None:
+    path = policy_file("""
+        version: 1
+        policies:
+          - match: "shop.reports.*"
+            time_limit: 10m
+            soft_time_limit: 9m
+    """)
+    assert run("check", str(path), "--pool", "prefork", "--strict").exit_code == 0
+    result = run("check", str(path), "--pool", "gevent", "--strict")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == (
+        f"{path}:5:5: CP103 warning: the gevent pool does not enforce soft_time_limit 9m: the "
+        "limit is silently never applied: only prefork enforces both limits, gevent "
+        "time_limit only (celery#1958, #9203, #8395); run these tasks on a prefork worker, or "
+        "do not rely on the limit")
+    assert result.stdout == f"{path}: valid, 1 policy, 1 warning\n"
+
+
+def test_check_refuses_an_unknown_pool(policy_file: Callable[[str], Path]) -> None:
+    path = policy_file("version: 1\n")
+    result = run("check", str(path), "--pool", "forky")
+    assert result.exit_code == 2
+    assert "'forky' is not one of" in result.stderr
+
+
+def test_check_without_an_app_lints_each_policy_over_the_defaults(
+        policy_file: Callable[[str], Path]) -> None:
+    path = policy_file("""
+        version: 1
+        defaults: {max_retries: unlimited}
+        policies:
+          - match: "a.*"
+            retry_deadline: 1h
+          - match: "b.*"
+    """)
+    result = run("check", str(path))
+    assert result.exit_code == 0
+    assert result.stderr.splitlines() == [
+        f"{path}:2:12: CP108 warning: max_retries is unlimited and there is no retry_deadline "
+        "(tasks no policy matches, tasks of policies[1]): a task that keeps failing retries "
+        "forever: its retries pile up on the broker and its failure routes never run "
+        "(celery#1875); add a retry_deadline, or give max_retries a number"]
+    assert run("check", str(path), "--strict").exit_code == 1
 
 
 def test_check_with_the_app_imports_exception_classes(policy_file: Callable[[str], Path]) -> None:

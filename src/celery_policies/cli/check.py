@@ -6,30 +6,32 @@ import sys
 
 import click
 
-from ..appinfo import registered_tasks
-from ..durations import format_duration
 from ..errors import PolicyFileError
-from ..explain import coverage, explain, limit_conflicts
+from ..lint import lint
 from ..loader import check_exceptions
-from ..matching import Matcher
+from ..pools import ENFORCED
 from ._common import fail_on_problems, find_app, read_policies
 
 
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--app", "app_name", metavar="MODULE",
-              help="The Celery app (as for `celery -A`): import exception classes and match "
-                   "patterns against its registered tasks.")
+              help="The Celery app (as for `celery -A`): import exception classes, and lint "
+                   "each registered task's settings with the app's broker and worker config.")
 @click.option("--import", "import_exceptions", is_flag=True,
               help="Import every exception class the file names, without an app.")
+@click.option("--pool", type=click.Choice(sorted(ENFORCED)),
+              help="The workers' pool (as for `celery worker --pool`): warn about time limits "
+                   "it does not enforce.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) on warnings too.")
 @click.pass_context
 def check(ctx: click.Context, file: str, app_name: str | None, import_exceptions: bool,
-          strict: bool) -> None:
+          pool: str | None, strict: bool) -> None:
     """Validate FILE: exit 0 when valid, 1 when not (every problem is listed with file:line:col).
 
-    With --app, also warn about patterns that match no registered task and tasks that no
-    policy matches; --strict turns those warnings into failure, for CI pipelines.
+    Then lint it: each finding is printed as `file:line:col: CODE warning|info: message`
+    (the rules are in docs/lint.md). Rules that need the app's tasks or broker run with
+    --app. --strict makes any warning fail the command, for CI pipelines.
     """
     app = find_app(ctx, app_name, required=False)
     policies = read_policies(file)
@@ -37,28 +39,17 @@ def check(ctx: click.Context, file: str, app_name: str | None, import_exceptions
         problems = check_exceptions(policies)
         if problems:
             fail_on_problems(PolicyFileError(problems))
-    warnings = []
-    if app is not None:
-        names = list(registered_tasks(app))
-        found = coverage(policies, Matcher(policies), names)
-        warnings += [f"{file}:{line}:{col}: warning: policies[{index}] pattern {text!r} matches "
-                     f"no registered task" for index, text, (line, col) in found.unmatched]
-        fallback = "only defaults" if policies.model.defaults else "no setting from this file"
-        warnings += [f"{file}: warning: no policy matches task {name!r} (it gets {fallback})"
-                     for name in found.uncovered]
-        for name, soft, hard in limit_conflicts(explain(Matcher(policies), names, app,
-                                                         registered_tasks(app))):
-            warnings.append(
-                f"{file}: warning: task {name!r} gets soft_time_limit "
-                f"{format_duration(soft.value)} from {soft.source} but time_limit "
-                f"{format_duration(hard.value)} from {hard.source}: the hard limit kills it "
-                "before the soft one fires")
-    for warning in warnings:
-        click.echo(warning, err=True)
+    findings = lint(policies, app, pool=pool)
+    for finding in findings:
+        click.echo(str(finding), err=True)
+    warnings = sum(f.severity == "warning" for f in findings)
+    infos = len(findings) - warnings
     count = len(policies.model.policies)
     summary = f"{file}: valid, {count} polic{'ies' if count != 1 else 'y'}"
     if warnings:
-        summary += f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''}"
+        summary += f", {warnings} warning{'s' if warnings != 1 else ''}"
+    if infos:
+        summary += f", {infos} info"
     click.echo(summary)
     if strict and warnings:
         click.echo("failing because of warnings (--strict)", err=True)
