@@ -15,17 +15,26 @@ from celery.worker.control import inspect_command
 
 #: The attribute of a Celery app holding its ``Runtime`` (set by ``install``).
 RUNTIME_ATTR = "_celery_policies_runtime"
+#: The name of the inspect command (``celery inspect policies``).
+COMMAND = "policies"
 
 
 def versions() -> dict[str, str]:
     return {"celery_policies": version("celery-policies"), "celery": celery.__version__}
 
 
-@inspect_command(name="policies")  # type: ignore[untyped-decorator]
-def policies(state: Any, **_: Any) -> dict[str, Any]:
-    """The policy file, fingerprint and per-task settings this worker applies."""
+@inspect_command(name=COMMAND)  # type: ignore[untyped-decorator]
+def policies(state: Any, tasks: bool = True, **_: Any) -> dict[str, Any]:
+    """The policy file, fingerprint and per-task settings this worker applies.
+
+    ``tasks=False`` (what ``celery-policies fleet`` sends) leaves out the per-task table, so
+    that a large fleet's answers stay small however many tasks the app has.
+    """
     runtime = getattr(state.consumer.app, RUNTIME_ATTR, None)
     if runtime is None:
-        return {"file": None, "fingerprint": None, **versions(), "tasks": {}}
-    report: dict[str, Any] = runtime.report()
+        report: dict[str, Any] = {"file": None, "fingerprint": None, **versions(), "tasks": {}}
+    else:
+        report = runtime.report()
+    if not tasks:
+        report.pop("tasks", None)
     return report

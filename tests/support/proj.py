@@ -6,10 +6,12 @@ records what happened to it in Redis, under a key the test chooses, so the test 
 attempts, their times and the process that ran them.
 
 Environment: ``TEST_BROKER_URL``, ``TEST_RESULT_BACKEND``, ``TEST_COUNTERS_URL``,
-``TEST_VISIBILITY_TIMEOUT`` (seconds; Redis redelivers unacknowledged messages after it) and
+``TEST_VISIBILITY_TIMEOUT`` (seconds; Redis redelivers unacknowledged messages after it),
 ``TEST_DEFAULT_QUEUE`` (where tasks sent by name without a queue go, such as failure
-callbacks: the test worker's own queue) and ``TEST_BROKER_WRITE_URL`` (the connection
-publishes use, when it differs from the one the worker consumes on).
+callbacks: the test worker's own queue), ``TEST_BROKER_WRITE_URL`` (the connection
+publishes use, when it differs from the one the worker consumes on) and
+``TEST_CONTROL_EXCHANGE`` (Celery's ``control_exchange``: workers answer only the remote-control
+broadcasts sent on it, so a test's workers and commands keep to themselves).
 
 ``TEST_SENTRY_INIT`` makes the app initialise sentry_sdk itself, as applications do, with
 ``TEST_SENTRY_DSN``: ``celery`` with sentry_sdk's CeleryIntegration (and, the worst case for
@@ -54,6 +56,7 @@ def create_app(broker_url: str = BROKER_URL) -> Celery:
         worker_pool_start_method=os.environ.get("TEST_POOL_START_METHOD", "fork"),
         task_default_queue=os.environ.get("TEST_DEFAULT_QUEUE", "celery"),
         broker_write_url=os.environ.get("TEST_BROKER_WRITE_URL"),
+        control_exchange=os.environ.get("TEST_CONTROL_EXCHANGE", "celery"),
     )
     return app
 

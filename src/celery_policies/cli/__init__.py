@@ -10,6 +10,7 @@ import click
 from .check import check
 from .dlq import dlq
 from .explain import explain
+from .fleet import fleet
 from .schema import schema
 from .simulate import simulate
 
@@ -29,6 +30,7 @@ policies.add_command(explain)
 policies.add_command(simulate)
 policies.add_command(schema)
 policies.add_command(dlq)
+policies.add_command(fleet)
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, overload
 
 import click
 from celery import Celery
@@ -37,6 +37,14 @@ def read_policies(path: str, *, import_exceptions: bool = False) -> Policies:
         return load_policies(path, import_exceptions=import_exceptions)
     except PolicyFileError as exc:
         fail_on_problems(exc)
+
+
+@overload
+def find_app(ctx: click.Context, name: str | None, *, required: Literal[True]) -> Celery: ...
+
+
+@overload
+def find_app(ctx: click.Context, name: str | None, *, required: bool) -> Celery | None: ...
 
 
 def find_app(ctx: click.Context, name: str | None, *, required: bool) -> Celery | None:
