@@ -28,6 +28,7 @@ import os
 import time
 from typing import Any
 
+from benchmarks._workers import READY_MARK
 from celery import Celery, signals
 from celery.app.task import Task
 
@@ -38,8 +39,6 @@ VARIANT_ENV = "BENCH_RUNTIME_VARIANT"
 VARIANTS = ("plugin", "decorator")
 #: The name of the benchmarked task, in both variants.
 TASK_NAME = "bench.noop"
-#: What the worker logs when it is ready, followed by the time and ``describe(task)``.
-READY_MARK = "bench-ready"
 
 #: The ``plugin`` variant's policy file.
 POLICY_YAML = """\

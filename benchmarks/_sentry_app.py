@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import sentry_sdk
+from benchmarks._workers import READY_MARK
 from celery import Celery, signals
 
 import celery_policies
@@ -33,8 +34,6 @@ from celery_policies import Runtime
 TASK_NAME = "bench.fail"
 #: The message of the task's exception.
 FAILURE_MESSAGE = "benchmark failure"
-#: What the worker logs when it is ready, followed by the time and ``describe(app)``.
-READY_MARK = "bench-ready"
 
 log = logging.getLogger("bench")
 

@@ -31,7 +31,6 @@ PASS/FAIL line informs; the exit code is 0 either way.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import signal
@@ -55,12 +54,19 @@ import redis
 from benchmarks._runtime_app import (
     DECORATOR_OPTIONS,
     POLICY_YAML,
-    READY_MARK,
     TASK_NAME,
     VARIANT_ENV,
     create_app,
     describe,
     wrapper_of,
+)
+from benchmarks._workers import (
+    READY_MARK,
+    WorkerFailed,
+    queue_lengths,
+    read_ready,
+    tail,
+    wait_ready,
 )
 from celery import Celery
 from celery.utils.time import get_exponential_backoff_interval
@@ -104,10 +110,6 @@ class Measured:
         return self.tasks / self.seconds
 
 
-class WorkerFailed(RuntimeError):
-    """The worker did not finish the tasks; the message holds the tail of its log."""
-
-
 def publish(broker_url: str, queue: str, tasks: int) -> str:
     """Publish ``tasks`` no-op messages to ``queue``; the last one stores its result.
 
@@ -142,14 +144,6 @@ def worker_env(variant: str, broker_url: str, result_backend: str) -> dict[str, 
     env["BENCH_RESULT_BACKEND"] = result_backend
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return f"({path.name}: no file)"
-    return f"--- {path.name} ---\n" + "\n".join(text.splitlines()[-lines:])
 
 
 def wait_for_sentinel(results: redis.Redis, key: str, worker: subprocess.Popen[bytes],
@@ -210,16 +204,6 @@ def clean_up(broker: redis.Redis, results: redis.Redis, queue: str, result_key: 
         results.delete(result_key)
 
 
-def read_ready(logfile: Path) -> tuple[float, dict[str, Any]]:
-    """The worker's ``bench-ready`` line: when it started consuming, and the task's settings."""
-    for line in logfile.read_text(errors="replace").splitlines():
-        _, mark, rest = line.partition(f"{READY_MARK} ")
-        if mark:
-            started, _, settings = rest.partition(" ")
-            return float(started), dict(json.loads(settings))
-    raise WorkerFailed(f"no {READY_MARK} line in the worker's log")
-
-
 def measure_once(variant: str, round_: int, args: argparse.Namespace, workdir: Path,
                  policy_file: Path) -> Measured:
     """Publish, start a worker, time it from ready to the last acknowledgement, stop it."""
@@ -245,7 +229,10 @@ def measure_once(variant: str, round_: int, args: argparse.Namespace, workdir: P
             finished = wait_until_acked(broker, queue)
         finally:
             stop_worker(worker)
-        started, settings = read_ready(logfile)
+        ready = read_ready(logfile)
+        if ready is None:
+            raise WorkerFailed(f"no {READY_MARK} line in the worker's log")
+        started, settings = ready
     except WorkerFailed as exc:
         sys.exit(f"{variant} worker, round {round_ + 1}: {exc}\n"
                  f"$ {' '.join(command)}\n{tail(logfile)}\n{tail(output)}")
@@ -283,7 +270,7 @@ def measure_together(round_: int, args: argparse.Namespace, workdir: Path,
                     command, cwd=ROOT, env=worker_env(variant, args.broker, args.backend),
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True)
-        ready = wait_ready(workers, logs)
+        ready = wait_ready(workers, logs, timeout=60)
         opened, left_at_open = time.time(), queue_lengths(broker, queues)
         end = args.tasks * WINDOW_END
         while True:
@@ -305,31 +292,6 @@ def measure_together(round_: int, args: argparse.Namespace, workdir: Path,
         broker.close()
     return {v: Measured(v, left_at_open[v] - left[v], closed - opened, ready[v][1])
             for v in order}
-
-
-def wait_ready(workers: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path]
-               ) -> dict[str, tuple[float, dict[str, Any]]]:
-    """Each worker's ``bench-ready`` line, once every worker has written it."""
-    ready: dict[str, tuple[float, dict[str, Any]]] = {}
-    deadline = time.monotonic() + 60
-    while len(ready) < len(workers):
-        for variant, worker in workers.items():
-            log = logs[variant]
-            if variant not in ready and log.exists() and READY_MARK in log.read_text(
-                    errors="replace"):
-                ready[variant] = read_ready(log)
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise WorkerFailed(f"the {variant} worker did not start\n{tail(log)}")
-        time.sleep(0.01)
-    return ready
-
-
-def queue_lengths(broker: redis.Redis, queues: dict[str, str]) -> dict[str, int]:
-    """Messages left in each variant's queue, read at one instant."""
-    with broker.pipeline() as pipe:
-        for queue in queues.values():
-            pipe.llen(queue)
-        return dict(zip(queues, pipe.execute(), strict=True))
 
 
 def check_equivalent(runs: Sequence[Measured]) -> None:

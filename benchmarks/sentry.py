@@ -37,7 +37,6 @@ never across runs. The PASS/FAIL lines inform; the exit code is 0 either way.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import selectors
@@ -59,7 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import celery
 import redis
 import sentry_sdk
-from benchmarks._sentry_app import FAILURE_MESSAGE, READY_MARK, TASK_NAME
+from benchmarks._sentry_app import FAILURE_MESSAGE, TASK_NAME
+from benchmarks._workers import WorkerFailed, queue_lengths, tail, wait_ready
 from celery import Celery
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,10 +228,6 @@ class Measured:
         return self.tasks / self.seconds
 
 
-class WorkerFailed(RuntimeError):
-    """A worker did not start or did not finish the tasks."""
-
-
 def publish(broker_url: str, queue: str, tasks: int) -> None:
     """Publish ``tasks`` messages of ``bench.fail`` to ``queue``; no results are stored."""
     publisher = Celery("bench-publisher", broker=broker_url, set_as_current=False)
@@ -261,43 +257,6 @@ def worker_env(broker_url: str, result_backend: str) -> dict[str, str]:
     return env
 
 
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return f"({path.name}: no file)"
-    return f"--- {path.name} ---\n" + "\n".join(text.splitlines()[-lines:])
-
-
-def read_ready(logfile: Path) -> tuple[float, dict[str, Any]] | None:
-    """The worker's ``bench-ready`` line: when it started consuming, and what it set up."""
-    if not logfile.exists():
-        return None
-    for line in logfile.read_text(errors="replace").splitlines():
-        _, mark, rest = line.partition(f"{READY_MARK} ")
-        if mark:
-            started, _, setup = rest.partition(" ")
-            return float(started), dict(json.loads(setup))
-    return None
-
-
-def wait_ready(workers: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path]
-               ) -> dict[str, tuple[float, dict[str, Any]]]:
-    """Each worker's ``bench-ready`` line, once every worker has written it."""
-    ready: dict[str, tuple[float, dict[str, Any]]] = {}
-    deadline = time.monotonic() + 120
-    while len(ready) < len(workers):
-        for key, worker in workers.items():
-            if key not in ready:
-                line = read_ready(logs[key])
-                if line is not None:
-                    ready[key] = line
-                elif worker.poll() is not None or time.monotonic() > deadline:
-                    raise WorkerFailed(f"the {key} worker did not start\n{tail(logs[key])}")
-        time.sleep(0.01)
-    return ready
-
-
 def check_setup(key: str, setup: dict[str, Any], dsn: str | None) -> None:
     """Stop unless the worker set up what its variant says (see ``_sentry_app.describe``)."""
     variant = BY_KEY[key]
@@ -310,15 +269,6 @@ def check_setup(key: str, setup: dict[str, Any], dsn: str | None) -> None:
     expected["max_retries"] = 0
     if setup != expected:
         sys.exit(f"the {key} worker set up {setup}, expected {expected}")
-
-
-def queue_lengths(broker: redis.Redis, queues: dict[str, str]) -> dict[str, int]:
-    """Messages left in each variant's queue, read at one instant."""
-    with broker.pipeline() as pipe:
-        for queue in queues.values():
-            pipe.llen(queue)
-        lengths = pipe.execute()
-    return dict(zip(queues, (int(n) for n in lengths), strict=True))
 
 
 def drain(broker: redis.Redis, queues: dict[str, str], timeout: float = 30.0) -> None:
@@ -392,7 +342,7 @@ def measure_together(round_: int, order: tuple[str, ...], args: argparse.Namespa
                     command, cwd=ROOT, env=worker_env(args.broker, args.backend),
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True)
-        ready = wait_ready(workers, logs)
+        ready = wait_ready(workers, logs, timeout=120)
         for key, (_, setup) in ready.items():
             check_setup(key, setup, dsns[key])
         opened, left_at_open = time.time(), queue_lengths(broker, queues)
