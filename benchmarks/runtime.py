@@ -150,7 +150,7 @@ def wait_for_sentinel(results: redis.Redis, key: str, worker: subprocess.Popen[b
                       timeout: float) -> None:
     """Block (no polling: the result backend publishes on ``key``) until the sentinel's result
     is stored, the worker exits, or ``timeout`` seconds pass."""
-    pubsub = results.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub = results.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8
     pubsub.subscribe(key)
     try:
         deadline = time.monotonic() + timeout

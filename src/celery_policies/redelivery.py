@@ -24,6 +24,7 @@ from celery.worker.request import Request
 from celery.worker.state import task_ready
 from kombu.utils.imports import symbol_by_name
 
+from .compat import EXIT_IS_LOST_WORKER, cancelled, request_context
 from .errors import PolicyError
 
 log = logging.getLogger("celery_policies")
@@ -39,13 +40,12 @@ class RedeliveriesExhausted(PolicyError):
 
 
 def lost(request: Any, exc: BaseException) -> bool:
-    """Whether ``exc`` reports a lost worker process, as Celery's ``Request.on_failure``
-    decides: a ``SystemExit`` the worker did not cause itself also counts (billiard >= 4.3)."""
+    """Whether ``exc`` reports a lost worker process, as this Celery's ``Request.on_failure``
+    decides: from 5.7, a ``SystemExit`` the worker did not cause itself also counts."""
     if isinstance(exc, WorkerLostError):
         return True
-    cancelled = getattr(request, "_already_cancelled", False) or getattr(
-        request, "_already_revoked", False)
-    return isinstance(exc, SystemExit | KeyboardInterrupt) and not cancelled
+    return (EXIT_IS_LOST_WORKER and isinstance(exc, SystemExit | KeyboardInterrupt)
+            and not cancelled(request))
 
 
 def capped_request_class(request: str | type[Request], max_redeliveries: int) -> type[Request]:
@@ -60,7 +60,7 @@ def capped_request_class(request: str | type[Request], max_redeliveries: int) ->
             if isinstance(exc, ExceptionWithTraceback):
                 exc = exc.exc
             if lost(self, exc):
-                done = int(self._request_dict.get(REDELIVERIES_HEADER) or 0)
+                done = int(self.request_dict.get(REDELIVERIES_HEADER) or 0)
                 if done < max_redeliveries:
                     if self._redeliver(done + 1, exc):
                         return None
@@ -69,7 +69,7 @@ def capped_request_class(request: str | type[Request], max_redeliveries: int) ->
             return super().on_failure(exc_info, send_failed_event, return_ok)
 
         def _redeliver(self, count: int, exc: BaseException) -> bool:
-            context = self._context
+            context = request_context(self)
             headers = {**(context.headers or {}), REDELIVERIES_HEADER: count}
             try:
                 self.task.signature_from_request(context, headers=headers).apply_async()

@@ -20,6 +20,7 @@ from celery.app.task import Task
 from celery.exceptions import Ignore, Reject, Retry
 
 from .backoff import GiveUp, GiveUpReason, RetrySettings
+from .compat import celery_original_run, clear_max_retries_override
 
 log = logging.getLogger("celery_policies")
 
@@ -42,11 +43,8 @@ GiveUpHook = Callable[[Task, BaseException, GiveUpReason, int], None]
 
 def original_run(task: Task) -> Callable[..., Any]:
     """The task's own ``run``, under the plugin's or Celery's autoretry wrapper if any."""
-    for attr in (ORIGINAL_RUN, "_orig_run"):
-        run = task.__dict__.get(attr)
-        if run is not None:
-            return run  # type: ignore[no-any-return]
-    return task.run  # type: ignore[no-any-return]
+    run = task.__dict__.get(ORIGINAL_RUN) or celery_original_run(task) or task.run
+    return run
 
 
 def wrap_run(task: Task, settings_for: Callable[[], RetrySettings | None],
@@ -87,7 +85,7 @@ def wrap_run(task: Task, settings_for: Callable[[], RetrySettings | None],
                 raise task.retry(exc=exc, countdown=decision.countdown, headers=headers,
                                  max_retries=request.retries + 1) from exc
             finally:
-                task.__dict__.pop("override_max_retries", None)
+                clear_max_retries_override(task)
 
     task.__dict__[ORIGINAL_RUN] = run
     task.run = retrying_run

@@ -30,10 +30,16 @@ from celery.exceptions import (
     Terminated,
     TimeLimitExceeded,
 )
-from celery.worker import state
 from celery.worker.request import Request
 from kombu.utils.imports import symbol_by_name
 
+from .compat import (
+    EXIT_IS_LOST_WORKER,
+    cancelled,
+    lost_worker_is_final,
+    shutting_down,
+    timeout_is_final,
+)
 from .deadletter import (
     MESSAGE_LIMIT,
     Envelope,
@@ -90,7 +96,7 @@ class FailureRouter:
         taken = self.routes_for(request.name, type(exc))
         if not taken:
             return True
-        envelope = Envelope.of(request._message)
+        envelope = Envelope.of(request.message)
         failure = self.failure_record(request, envelope, exc, traceback, reason)
         policy = self.retry_policy_for(request.name) or self.app.conf.task_publish_retry_policy
         ok = True
@@ -187,28 +193,20 @@ def failure_message(exc: BaseException) -> str:
 def final_reason(request: Any, exc: BaseException) -> str | None:
     """Why ``request`` failed for good, or None when Celery does not end it here (a retry, a
     requeue, a revoke, a cold shutdown). Mirrors ``celery/worker/request.py`` ``on_failure``."""
-    if isinstance(exc, Retry | Ignore | Terminated) or state.should_terminate:
+    if isinstance(exc, Retry | Ignore | Terminated) or shutting_down():
         return None
     if isinstance(exc, Reject):
         return None if exc.requeue else "rejected"
     task = request.task
     if isinstance(exc, RedeliveriesExhausted):
         return "worker_lost"
-    if isinstance(exc, SystemExit | KeyboardInterrupt) and not lost(request, exc):
+    if (isinstance(exc, SystemExit | KeyboardInterrupt) and EXIT_IS_LOST_WORKER
+            and cancelled(request)):
         return None  # killed by a revoke or shutdown of the worker's own
     if lost(request, exc):
-        if request._success_was_stored():
-            return None  # it finished before its process died
-        retried = bool(getattr(task, "retry_on_worker_lost", False))
-        exceeded = retried and task.max_retries is not None and (
-            request._context.retries >= task.max_retries)
-        if retried and not exceeded:
-            return None  # retried by Celery
-        if task.acks_late and task.reject_on_worker_lost and not exceeded:
-            return None  # requeued
-        return "worker_lost"
+        return "worker_lost" if lost_worker_is_final(request) else None
     if isinstance(exc, TimeLimitExceeded):
-        return None if task.acks_late and not task.acks_on_timeout else "time_limit"
+        return "time_limit" if timeout_is_final(task) else None
     if isinstance(exc, SoftTimeLimitExceeded):
         return "time_limit"
     return "deadline" if getattr(exc, GAVE_UP_ATTR, None) == "deadline" else "exception"
@@ -234,9 +232,8 @@ def routed_request_class(request: str | type[Request], router: FailureRouter) ->
             return super().on_failure(exc_info, send_failed_event, return_ok)
 
         def on_timeout(self, soft: bool, timeout: float) -> Any:
-            task = self.task
-            if (not soft and not self._celery_policies_routed and not state.should_terminate
-                    and (task.acks_on_timeout or not task.acks_late)):
+            if (not soft and not self._celery_policies_routed and not shutting_down()
+                    and timeout_is_final(self.task)):
                 exc = TimeLimitExceeded(timeout)
                 self._take_routes(exc, f"TimeLimitExceeded({timeout})", "time_limit")
             return super().on_timeout(soft, timeout)

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import click
 from celery import Celery, current_app, signals
 from celery.app.task import Task
-from celery.app.trace import build_tracer
+from celery.apps.worker import Worker as AppWorker
 
 from ._types import UNLIMITED
 from .appinfo import PLUGIN_DEFAULTS, SETTING_KEYS, code_setting, lookup, registered_tasks
 from .backoff import GiveUpReason, RetrySettings
+from .compat import forget_exec_options, real_app, rebuild_tracer, set_acks_on_failure_or_timeout
 from .control import RUNTIME_ATTR, versions
 from .errors import PolicyFileError
 from .exceptions import resolve_refs
@@ -42,14 +42,11 @@ from .retrying import GIVE_UP_LOGGER, wrap_run
 from .routes import FailureRouter, routed_request_class
 from .sentry import SentryReporter
 from .simulation import routes_for
+from .worker_cli import CONF_KEY, ENV_VAR, add_options, named_file
 
 log = logging.getLogger("celery_policies")
 give_up_log = logging.getLogger(GIVE_UP_LOGGER)
 
-#: The environment variable naming the policy file.
-ENV_VAR = "CELERY_POLICIES_FILE"
-#: The app setting naming the policy file (``CELERY_POLICIES_FILE`` in Django settings).
-CONF_KEY = "policies_file"
 #: The file used when nothing else names one, relative to the working directory.
 DEFAULT_FILE = "policies.yaml"
 #: Exit status of a worker refused because of its policies (sysexits.h EX_CONFIG).
@@ -69,16 +66,6 @@ RETRY_KEYS = frozenset({"autoretry_for", "dont_autoretry_for", "max_retries",
 _REASONS: dict[GiveUpReason, str] = {
     "not_retryable": "not retryable", "max_retries": "max_retries reached",
     "deadline": "the next attempt would start after retry_deadline"}
-
-_WORKER_OPTIONS = (
-    click.Option(["--policies"], metavar="FILE", default=None,
-                 help="celery-policies: the policy file (default: $CELERY_POLICIES_FILE, the "
-                      "policies_file setting, or ./policies.yaml)."),
-    click.Option(["--policies-strict", "--strict", "policies_strict"], is_flag=True,
-                 default=False,
-                 help="celery-policies: refuse to start on any policy warning, such as time "
-                      "limits the pool does not enforce."),
-)
 
 
 @dataclass(frozen=True)
@@ -115,6 +102,7 @@ class Runtime:
         self._publish: dict[str, dict[str, Any] | None] = {}
         self._publisher_read = False
         self._startup_log: list[tuple[int, str]] = []
+        self._worker: Any = None
         self.router = FailureRouter(app, self.routes_taken, self.label,
                                     self.publish_retry_policy)
         self.reporter: SentryReporter | None = None
@@ -126,8 +114,9 @@ class Runtime:
 
     # -- worker side ---------------------------------------------------------------------
     def on_worker_init(self, sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is not self.app:
+        if getattr(sender, "app", None) is not self.app or self._worker is sender:
             return
+        self._worker = sender
         try:
             self._start_worker(sender)
         except Exception as exc:
@@ -135,6 +124,11 @@ class Runtime:
             # half-way; a worker never runs half-configured.
             log.exception("celery-policies: could not apply the policies")
             refuse([f"celery-policies: could not apply the policies: {exc!r}"])
+        if not isinstance(sender, AppWorker):
+            # A worker built in code (celery.contrib.testing's start_worker, app.Worker
+            # subclasses of WorkController) never sends celeryd_after_setup, and its logging
+            # is set up already: say it now.
+            self.on_after_setup(sender)
 
     def _start_worker(self, sender: Any) -> None:
         options = getattr(sender, "options", {}) or {}
@@ -174,25 +168,15 @@ class Runtime:
             log.log(level, "%s", message)
         self._startup_log.clear()
 
-    def on_process_init(self, sender: Any = None, **_: Any) -> None:
-        """A pool child started without fork (``worker_pool_start_method = spawn``) has none
-        of the main process's patches: apply the file the main process loaded again here."""
-        if self._applied_pid is not None or not os.environ.get(ENV_VAR):
-            return
-        # Such a child runs an unpickled copy of the app (Celery.__reduce__), made current by
-        # process_initializer (celery/concurrency/prefork.py), not the module's app.
-        app = current_app._get_current_object()
-        if app is not self.app and app.main != self.app.main:
-            return
-        runtime = install(app, self.path)
-        if runtime._applied_pid is not None:
-            return
-        runtime.apply(load_policies(os.environ[ENV_VAR], import_exceptions=True))
-        runtime._start_reporter()
+    def on_process_init(self, sender: Any, path: str) -> None:
+        """In a pool child started without fork, apply the file the main process applied."""
+        if self._applied_pid is not None:
+            return  # forked: the child has the main process's patched tasks
+        self.apply(load_policies(path, import_exceptions=True))
+        self._start_reporter()
         # The child built its tracers before this signal; they hold the unpatched run.
-        for name in runtime.tasks:
-            task = app.tasks[name]
-            task.__trace__ = build_tracer(name, task, app.loader, sender, app=app)
+        for name in self.tasks:
+            rebuild_tracer(self.app, self.app.tasks[name], sender)
 
     def apply(self, policies: Policies) -> None:
         """Resolve every registered task once and patch it; idempotent."""
@@ -359,16 +343,14 @@ def _patch(task: Task, policy: TaskPolicy, runtime: Runtime) -> None:
                  for key, (setting, _) in policy.explanation.settings.items()
                  if setting.source.from_file}
     for key in ATTRIBUTE_KEYS:
-        if key in from_file:
+        if key == "acks_on_failure_or_timeout" and key in from_file:
+            set_acks_on_failure_or_timeout(task, from_file[key])
+        elif key in from_file:
             value = from_file[key]
             if key in ("autoretry_for", "dont_autoretry_for"):
                 value = resolve_refs(value)
             setattr(task, key, None if value == UNLIMITED else value)
-    if "acks_on_failure_or_timeout" in from_file:
-        # Celery 5.7 derives these two from acks_on_failure_or_timeout once, in Task.bind,
-        # and the worker reads only them (celery/worker/request.py on_failure).
-        task.acks_on_failure = task.acks_on_timeout = from_file["acks_on_failure_or_timeout"]
-    task._exec_options = None  # cached copy of time limits used when publishing
+    forget_exec_options(task)  # a cached copy of the time limits, used when publishing
     if policy.retry is not None:
         name = task.name
         wrap_run(task, lambda: runtime.retry_settings(name), runtime.gave_up)
@@ -395,14 +377,26 @@ def locate_file(app: Celery | None, *given: str | None) -> str | None:
     return DEFAULT_FILE if os.path.isfile(DEFAULT_FILE) else None
 
 
+class WorkerRefused(SystemExit):
+    """A worker stopped at startup because of its policies. A ``SystemExit`` passes through
+    Celery's signal dispatch (which logs and swallows ``Exception``) and out of
+    ``WorkController.__init__``, before any consumer starts: ``celery worker`` exits with
+    status 78, and a worker started in a test (``start_worker``) fails it with these lines."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(EXIT_CONFIG)
+        self.lines = lines
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+
 def refuse(lines: list[str]) -> None:
     """Stop the worker before it consumes anything: a worker never runs half-configured."""
     for line in lines:
         print(line, file=sys.stderr)
     sys.stderr.flush()
-    # SystemExit passes through Celery's signal dispatch (which logs and swallows Exception)
-    # and out of WorkController.__init__: no consumer has started.
-    raise SystemExit(EXIT_CONFIG)
+    raise WorkerRefused(lines)
 
 
 def install(app: Celery, path: str | os.PathLike[str] | None = None) -> Runtime:
@@ -418,21 +412,57 @@ def install(app: Celery, path: str | os.PathLike[str] | None = None) -> Runtime:
         return runtime
     runtime = Runtime(app, path)
     setattr(app, RUNTIME_ATTR, runtime)
-    worker_options = app.user_options["worker"]
-    for option in _WORKER_OPTIONS:
-        if not any(o.name == option.name for o in worker_options):
-            worker_options.add(option)
-    uid = f"celery_policies:{id(app)}"
-    signals.worker_init.connect(runtime.on_worker_init, weak=False, dispatch_uid=uid)
-    signals.celeryd_after_setup.connect(runtime.on_after_setup, weak=False, dispatch_uid=uid)
-    signals.worker_process_init.connect(runtime.on_process_init, weak=False, dispatch_uid=uid)
+    add_options(app.user_options["worker"])
+    connect_receivers()
     _wrap_send_task(app, runtime)
     return runtime
 
 
-def runtime_of(app: Celery) -> Runtime | None:
+def runtime_of(app: Celery | None) -> Runtime | None:
     """The runtime ``install`` attached to ``app``, if any."""
     return getattr(app, RUNTIME_ATTR, None)
+
+
+# -- the worker's signals -----------------------------------------------------------------------
+# One receiver per signal for the whole process, however many apps call install (a test suite
+# may create hundreds): each finds the runtime of the app the signal is about, and no app is
+# kept alive by the signal.
+_RECEIVER_UID = "celery_policies.runtime"
+
+
+def connect_receivers() -> None:
+    """Connect the worker's signal receivers; connecting again changes nothing."""
+    signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid=_RECEIVER_UID)
+    signals.celeryd_after_setup.connect(_on_after_setup, weak=False,
+                                        dispatch_uid=_RECEIVER_UID)
+    signals.worker_process_init.connect(_on_process_init, weak=False,
+                                        dispatch_uid=_RECEIVER_UID)
+
+
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    runtime = runtime_of(app)
+    if runtime is None:
+        if app is None or named_file(app, getattr(sender, "options", None) or {}) is None:
+            return  # an app that neither installs the plugin nor names a file: hands off
+        runtime = install(app)  # celery -A proj worker --policies FILE, no line of code
+    runtime.on_worker_init(sender)
+
+
+def _on_after_setup(instance: Any = None, **_: Any) -> None:
+    runtime = runtime_of(getattr(instance, "app", None))
+    if runtime is not None:
+        runtime.on_after_setup(instance)
+
+
+def _on_process_init(sender: Any = None, **_: Any) -> None:
+    """A pool child started without fork (``worker_pool_start_method = spawn``) has none of
+    the main process's patches. The main process exported the file it applied; such a child
+    runs an unpickled copy of the app (``Celery.__reduce__``), made current by
+    ``process_initializer`` (celery/concurrency/prefork.py), not the module's app."""
+    path = os.environ.get(ENV_VAR)
+    if path:
+        install(real_app(current_app)).on_process_init(sender, path)
 
 
 def _wrap_send_task(app: Celery, runtime: Runtime) -> None:

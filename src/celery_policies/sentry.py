@@ -43,10 +43,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from celery import Celery, signals
-from celery._state import get_current_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 
 from .budget import EventBudget
+from .compat import running_task
 from .deadletter import exception_name
 from .redelivery import EXHAUSTED_FORMAT, RedeliveriesExhausted
 from .retrying import GAVE_UP_ATTR, GIVE_UP_LOGGER
@@ -252,7 +252,7 @@ class SentryReporter:
         that the final failure, wherever it happens, shows each one."""
         if not headers:
             return
-        task = get_current_task()
+        task = running_task()
         if task is None or task.request.id != headers.get("id"):
             return
         retry = int(headers.get("retries") or 0)
@@ -373,7 +373,7 @@ def _facts(app: Celery, request: Any) -> dict[str, Any]:
 
 def _facts_of_message(request: Any) -> dict[str, Any]:
     """The same, from a worker request (in the main process)."""
-    headers = request._request_dict
+    headers = request.request_dict
     return {"retries": int(headers.get("retries") or 0), "hostname": request.hostname,
             "queue": origin_queue(request.task.app, request.delivery_info or {}),
             "history": _history(headers), "args": request.args, "kwargs": request.kwargs}

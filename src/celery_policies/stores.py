@@ -25,6 +25,7 @@ from kombu.messaging import Consumer
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from .compat import redis_queue_keys
 from .deadletter import DeadLetter, Envelope, queue_size
 from .errors import PolicyError
 
@@ -69,8 +70,7 @@ class RedisStore:
         self.queue = queue
         self.channel: Any = cast(Any, connection.default_channel)
         self.client = self.channel.client
-        self.keys = list(dict.fromkeys(self.channel._q_for_pri(queue, p)
-                                       for p in self.channel.priority_steps))
+        self.keys = redis_queue_keys(self.channel, queue)
 
     def letters(self) -> Iterator[DeadLetter]:
         for key in self.keys:

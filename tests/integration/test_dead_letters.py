@@ -70,6 +70,19 @@ def test_a_task_that_fails_for_good_leaves_exactly_one_dead_letter(
     assert failure["hostname"] == worker.hostname
     assert failure["traceback"]
     assert letter.envelope.headers["id"] == letter.envelope.properties["correlation_id"]
+    assert wait_for(lambda: result.state == "FAILURE", timeout=10), result.state
+
+
+def test_a_lost_process_that_celery_does_not_requeue_is_failed_and_dead_lettered(
+        client: Celery, worker: Worker, broker: str, dead_letter_queue: str, key: str) -> None:
+    """acks_late without reject_on_worker_lost: the loss is final. The routes decide it as
+    this Celery does (only 5.7 first checks whether the task stored SUCCESS)."""
+    result = client.send_task("proj.sentry.doomed", [key], queue=worker.queue)
+    letter = the_dead_letter(broker, dead_letter_queue, result.id)
+    assert letter.arguments() == ([key], {})
+    assert (letter.failure["reason"], letter.failure["exception"]) == (
+        "worker_lost", "billiard.exceptions.WorkerLostError")
+    assert wait_for(lambda: result.state == "FAILURE", timeout=10), result.state
 
 
 def test_a_worker_lost_past_max_redeliveries_leaves_exactly_one_dead_letter(

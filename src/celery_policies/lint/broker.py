@@ -15,16 +15,12 @@ from typing import Any
 from celery import Celery
 from kombu.transport import get_transport_cls
 
+from ..compat import uses_quorum_queues
 from ..durations import format_duration
 from ..explain import dead_letter_queue
 from ..loader import Policies
 from ._core import Blame, Context, Hit, rule
 from .retries import long_countdowns
-
-try:  # Celery 5.5+: quorum queues switch on RabbitMQ's native delayed delivery
-    from celery.utils.quorum_queues import detect_quorum_queues
-except ImportError:  # pragma: no cover - older Celery
-    detect_quorum_queues = None
 
 #: RabbitMQ's consumer_timeout, seconds, since 3.8.17, unless ``broker: consumer_timeout``
 #: says what the server really has.
@@ -76,7 +72,7 @@ def _worker_holds_countdowns(app: Celery) -> bool:
     """Whether a worker holds a message with an ETA until it is due. With quorum queues,
     Celery 5.5+ hands countdowns to RabbitMQ's native delayed delivery instead
     (celery/worker/consumer/delayed_delivery.py): the broker holds them."""
-    return detect_quorum_queues is None or not detect_quorum_queues(app, "amqp")[0]
+    return not uses_quorum_queues(app)
 
 
 @rule("CP101", needs="app")
