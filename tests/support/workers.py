@@ -52,7 +52,8 @@ def require(url: str, what: str) -> None:
 
 @dataclass
 class Worker:
-    """One ``celery -A tests.support.proj worker`` process, in its own process group."""
+    """One ``celery -A APP worker`` process (``tests.support.proj`` unless told otherwise),
+    in its own process group."""
 
     broker_url: str
     queue: str
@@ -62,6 +63,7 @@ class Worker:
     concurrency: int = 2
     extra: Sequence[str] = ()
     env: dict[str, str] = field(default_factory=dict)
+    app: str = "tests.support.proj"
     name: str = field(default_factory=lambda: f"w{uuid.uuid4().hex[:8]}")
     process: subprocess.Popen[bytes] | None = None
 
@@ -70,7 +72,7 @@ class Worker:
         return f"{self.name}@{socket.gethostname()}"
 
     def start(self, *, wait: bool = True) -> Worker:
-        command = [sys.executable, "-m", "celery", "-A", "tests.support.proj", "worker",
+        command = [sys.executable, "-m", "celery", "-A", self.app, "worker",
                    "-Q", self.queue, "-P", self.pool, "-c", str(self.concurrency),
                    "-n", self.hostname, "-l", "INFO", "--without-gossip", "--without-mingle",
                    "--without-heartbeat", *self.extra]

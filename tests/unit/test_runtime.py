@@ -113,3 +113,16 @@ def test_a_publishing_process_applies_publish_retry_policy(
     assert publish() >= 0.85  # three waits of 0.3s before giving up
     assert publish(retry_policy={"max_retries": 0}) < 0.85  # the caller's choice wins
     assert runtime.tasks == {}  # nothing of the worker side was applied
+
+
+def test_five_hundred_apps_installed_add_no_signal_receivers() -> None:
+    """Test suites create an app per test and install the plugin on each: the worker's
+    receivers are connected once for the process, and keep no app alive."""
+    from celery import signals  # noqa: PLC0415
+
+    install(make_app())
+    watched = (signals.worker_init, signals.celeryd_after_setup, signals.worker_process_init)
+    before = [len(signal.receivers) for signal in watched]
+    for _ in range(500):
+        install(make_app())
+    assert [len(signal.receivers) for signal in watched] == before
