@@ -5,16 +5,23 @@ own process. ``install(app)`` itself: test_startup.py."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from celery import Celery
+from kombu import Exchange, Queue
 
-from tests.support.workers import ROOT, Workers, attempts
+from tests.support.proxy import Proxy
+from tests.support.workers import ROOT, Workers, attempts, queue_size, wait_for
+
+from .test_broker_outage import through
 
 #: Retries for the test apps' ``*.flaky`` tasks, which have no retry options in code.
 RETRIES = """\
@@ -147,3 +154,75 @@ def test_an_invalid_file_fails_the_test_run_with_its_errors_instead_of_hanging_i
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"{path}:4:18: policies[0].max_retries: " in done.stdout
     assert "WorkerRefused" in done.stdout
+
+
+BEAT_POLICIES = """\
+version: 1
+policies:
+  - match: proj.noop
+    publish_retry_policy:
+      max_retries: 3
+      interval_start: 1s
+      interval_step: 1s
+      interval_max: 1s
+"""
+
+
+def waiting(client: Celery, queue: str) -> int:
+    """Messages waiting in ``queue``; 0 while Redis has no list for it yet."""
+    try:
+        return queue_size(client, queue)
+    except client.connection_for_write().channel_errors:
+        return 0
+
+
+def log_time(line: str) -> float:
+    """The time of a Celery log line ``[2026-12-06 20:43:35,109: ...``, in seconds."""
+    stamp = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
+
+
+@pytest.mark.parametrize("policy", ["file", "none"])
+def test_beat_publishes_with_the_files_retry_policy_and_nothing_of_the_worker(
+        policy: str, broker: str, client: Celery, queue: str, tmp_path: Path) -> None:
+    """celery beat with an app that installs the plugin: when the broker goes away while
+    beat sends, it retries as publish_retry_policy says (3 waits of 1 s) before giving up,
+    not as Celery's default (0.4 s in all); it applies nothing of the worker."""
+    path = tmp_path / "beat.yaml"
+    path.write_text(BEAT_POLICIES)
+    parts = urlsplit(broker)
+    proxy = Proxy(parts.hostname or "127.0.0.1",
+                  parts.port or (6379 if parts.scheme == "redis" else 5672)).start()
+    with client.connection_for_write() as conn:  # beat declares nothing (auto_declare off)
+        Queue(queue, Exchange(queue), routing_key=queue)(conn.default_channel).declare()
+    log = tmp_path / "beat.log"
+    env = {**os.environ, "TEST_BROKER_URL": through(proxy, broker),
+           "TEST_BEAT_TASK": "proj.noop", "TEST_DEFAULT_QUEUE": queue}
+    env.pop("CELERY_POLICIES_FILE", None)
+    if policy == "file":
+        env["CELERY_POLICIES_FILE"] = str(path)
+    with log.open("wb") as out:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.support.proj", "beat", "-l", "INFO",
+             "-s", str(tmp_path / "schedule"), "--max-interval", "1"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert wait_for(lambda: beat.poll() is not None or waiting(client, queue) >= 2,
+                        timeout=30), log.read_text()
+        assert beat.poll() is None, log.read_text()
+        proxy.stop()
+        assert wait_for(lambda: "Message Error" in log.read_text(), timeout=30), (
+            log.read_text())
+    finally:
+        os.killpg(beat.pid, signal.SIGTERM)
+        beat.wait(15)
+        proxy.stop()
+    lines = log.read_text().splitlines()
+    failed = next(i for i, line in enumerate(lines) if "Message Error" in line)
+    sent = next(line for line in reversed(lines[:failed]) if "Sending due task" in line)
+    waited = log_time(lines[failed]) - log_time(sent)
+    if policy == "file":
+        assert waited >= 2.5, (waited, lines)
+    else:
+        assert waited < 2.0, (waited, lines)
+    assert "celery-policies" not in log.read_text()

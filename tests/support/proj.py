@@ -11,7 +11,8 @@ Environment: ``TEST_BROKER_URL``, ``TEST_RESULT_BACKEND``, ``TEST_COUNTERS_URL``
 callbacks: the test worker's own queue), ``TEST_BROKER_WRITE_URL`` (the connection
 publishes use, when it differs from the one the worker consumes on) and
 ``TEST_CONTROL_EXCHANGE`` (Celery's ``control_exchange``: workers answer only the remote-control
-broadcasts sent on it, so a test's workers and commands keep to themselves).
+broadcasts sent on it, so a test's workers and commands keep to themselves) and
+``TEST_BEAT_TASK`` (a task ``celery beat`` sends every half second).
 
 ``TEST_SENTRY_INIT`` makes the app initialise sentry_sdk itself, as applications do, with
 ``TEST_SENTRY_DSN``: ``celery`` with sentry_sdk's CeleryIntegration (and, the worst case for
@@ -58,6 +59,9 @@ def create_app(broker_url: str = BROKER_URL) -> Celery:
         broker_write_url=os.environ.get("TEST_BROKER_WRITE_URL"),
         control_exchange=os.environ.get("TEST_CONTROL_EXCHANGE", "celery"),
     )
+    if os.environ.get("TEST_BEAT_TASK"):  # for `celery beat`: that task, every 0.5 s
+        app.conf.beat_schedule = {"test": {"task": os.environ["TEST_BEAT_TASK"],
+                                           "schedule": 0.5}}
     return app
 
 
