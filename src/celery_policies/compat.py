@@ -16,6 +16,7 @@ from typing import Any
 import celery
 from celery import Celery
 from celery._state import get_current_task
+from celery.app.defaults import DEFAULTS
 from celery.app.task import Task
 from celery.app.trace import build_tracer
 from celery.worker import state
@@ -37,6 +38,9 @@ CHECKS_STORED_SUCCESS = hasattr(Request, "_success_was_stored")
 #: from a pool process as a lost worker (``Request._worker_lost_info``); 5.3-5.6 fail the
 #: task with that exception, like any other.
 EXIT_IS_LOST_WORKER = hasattr(Request, "_worker_lost_info")
+#: Celery 5.7 can retry a task whose pool process was lost (``Task.retry_on_worker_lost``);
+#: before, the attribute means nothing to Celery, whatever a task sets.
+RETRIES_LOST_WORKERS = hasattr(Task, "retry_on_worker_lost")
 #: Celery 5.5+ requeues an ``acks_late`` task's hard time limit when its acks-on-timeout
 #: flag is off (``Request.on_failure``: ``isinstance(exc, TimeLimitExceeded) and not ...``);
 #: 5.3 and 5.4 reject it without requeue, ending it (celery#10128). Nothing marks the
@@ -124,9 +128,9 @@ def running_task() -> Task | None:
     return task
 
 
-def has_pool_start_method(app: Celery) -> bool:
-    """Whether this Celery has ``worker_pool_start_method`` (5.7)."""
-    return POOL_START_METHOD_SETTING in app.conf
+def has_pool_start_method() -> bool:
+    """Whether this Celery has the ``worker_pool_start_method`` setting (5.7)."""
+    return POOL_START_METHOD_SETTING in DEFAULTS
 
 
 # -- worker requests (the worker's main process) -----------------------------------------------
@@ -150,7 +154,7 @@ def lost_worker_is_final(request: Request) -> bool:
     task = request.task
     if success_was_stored(request):
         return False
-    retried = bool(getattr(task, "retry_on_worker_lost", False))
+    retried = RETRIES_LOST_WORKERS and bool(getattr(task, "retry_on_worker_lost", False))
     exceeded = retried and task.max_retries is not None and (
         request_context(request).retries >= task.max_retries)
     if retried and not exceeded:

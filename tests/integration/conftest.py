@@ -45,7 +45,7 @@ def broker(request: pytest.FixtureRequest, counters: redis.Redis) -> str:
 @pytest.fixture(scope="module")
 def client(broker: str) -> Iterator[Celery]:
     """An app that publishes to ``broker`` and reads results, as a web app would."""
-    app = proj.create_app(broker)
+    app = proj.create_app(broker, client=True)
     yield app
     app.close()
 

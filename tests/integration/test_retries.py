@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from celery import Celery
 from celery.result import AsyncResult
 
+from celery_policies.compat import has_pool_start_method
 from tests.support.workers import Worker, Workers, attempts, gaps
 
 from .conftest import RUNTIME_POLICIES
@@ -65,7 +67,9 @@ def test_changing_the_backoff_in_the_file_changes_the_measured_delay(
     fast, slow = gaps(attempts(counters, f"{key}:fast")), gaps(attempts(counters, f"{key}:slow"))
     assert_within(fast, [(0.2, 0.4), (0.4, 0.8)])
     assert_within(slow, [(0.6, 1.2), (1.2, 2.4)])
-    assert sum(slow) > sum(fast) + 1.0
+    # equal jitter draws each delay from [d/2, d]: the slow pair is at least 1.8 s in all,
+    # the fast pair at most 1.2 s, whatever the draws
+    assert sum(slow) > sum(fast) + 0.5
 
 
 def test_an_exception_in_dont_autoretry_for_fails_at_once_with_its_own_type(
@@ -131,6 +135,8 @@ def test_task_code_retry_options_lose_to_the_file(
     assert len(attempts(counters, f"{key}:throttled")) == 2
 
 
+@pytest.mark.skipif(not has_pool_start_method(),
+                    reason="worker_pool_start_method is new in Celery 5.7")
 def test_pool_children_started_without_fork_apply_the_policies_too(
         client: Celery, workers: Workers, counters: Any, key: str) -> None:
     worker = workers(RUNTIME_POLICIES, env={"TEST_POOL_START_METHOD": "spawn"})

@@ -57,7 +57,7 @@ def setup(request: pytest.FixtureRequest, recorder: Recorder, counters: Any,
     broker_name, init = request.param
     broker = BROKERS[broker_name]
     require(broker, broker_name)
-    client = proj.create_app(broker)
+    client = proj.create_app(broker, client=True)
     worker, dlq = start_worker(broker, tmp_path_factory.mktemp("sentry"), recorder.dsn,
                                **INIT[init])
     yield {"worker": worker, "client": client, "dlq": dlq, "init": init}
@@ -183,7 +183,7 @@ def test_no_argument_value_reaches_sentry(setup: dict[str, Any], recorder: Recor
 @pytest.fixture(scope="module")
 def redis_client(counters: Any) -> Iterator[Celery]:
     require(BROKERS["redis"], "redis")
-    client = proj.create_app(BROKERS["redis"])
+    client = proj.create_app(BROKERS["redis"], client=True)
     yield client
     client.close()
 

@@ -47,12 +47,12 @@ def test_an_app_that_never_imports_the_plugin_gets_the_file_its_worker_is_given(
         key: str) -> None:
     path = policies(tmp_path, "plain.*")
     if how == "option":
-        worker = workers(path, app="tests.support.plainproj", pool="solo")
+        worker = workers(path, app="tests.support.plainproj")
     elif how == "environment":
-        worker = workers(None, app="tests.support.plainproj", pool="solo",
+        worker = workers(None, app="tests.support.plainproj",
                          env={"CELERY_POLICIES_FILE": str(path)})
     else:
-        worker = workers(None, app="tests.support.plainproj", pool="solo")
+        worker = workers(None, app="tests.support.plainproj")
 
     result = client.send_task("plain.flaky", (key, 2), queue=workers.queue)
     result.get(timeout=30, propagate=False)

@@ -35,6 +35,7 @@ from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
 import celery_policies
+from tests.support.results import client_backend
 
 REDIS_URL = os.environ.get("CELERY_POLICIES_TEST_REDIS", "redis://127.0.0.1:6379")
 BROKER_URL = os.environ.get("TEST_BROKER_URL", f"{REDIS_URL}/0")
@@ -42,8 +43,10 @@ RESULT_BACKEND = os.environ.get("TEST_RESULT_BACKEND", f"{REDIS_URL}/1")
 COUNTERS_URL = os.environ.get("TEST_COUNTERS_URL", f"{REDIS_URL}/2")
 
 
-def create_app(broker_url: str = BROKER_URL) -> Celery:
-    app = Celery("proj", broker=broker_url, backend=RESULT_BACKEND)
+def create_app(broker_url: str = BROKER_URL, *, client: bool = False) -> Celery:
+    """The app; ``client=True`` for a test's own publishing and result-reading app."""
+    backend = client_backend(RESULT_BACKEND) if client else RESULT_BACKEND
+    app = Celery("proj", broker=broker_url, backend=backend)
     visibility = float(os.environ.get("TEST_VISIBILITY_TIMEOUT", "3600"))
     app.conf.update(
         # ETA retries run on time, not up to a second late (the default precision).

@@ -23,6 +23,7 @@ from celery.exceptions import (
 from celery.worker import state
 from kombu.serialization import registry
 
+from celery_policies import compat
 from celery_policies.deadletter import (
     FAILURE_HEADER,
     REPLAYS_HEADER,
@@ -342,11 +343,14 @@ def request(*, acks_late: bool = False, reject_on_worker_lost: bool = False,
             success_stored: bool = False) -> SimpleNamespace:
     """What ``final_reason`` reads of a worker's ``Request``."""
     task = SimpleNamespace(acks_late=acks_late, reject_on_worker_lost=reject_on_worker_lost,
-                           acks_on_timeout=acks_on_timeout, max_retries=max_retries,
-                           retry_on_worker_lost=retry_on_worker_lost)
-    return SimpleNamespace(task=task, _context=SimpleNamespace(retries=retries),
-                           _success_was_stored=lambda: success_stored,
+                           acks_on_timeout=acks_on_timeout, acks_on_failure=True,
+                           acks_on_failure_or_timeout=acks_on_timeout,
+                           max_retries=max_retries, retry_on_worker_lost=retry_on_worker_lost)
+    stub = SimpleNamespace(task=task, _context=SimpleNamespace(retries=retries),
                            _already_cancelled=False, _already_revoked=False)
+    if compat.CHECKS_STORED_SUCCESS:  # Request._success_was_stored, Celery 5.7
+        stub._success_was_stored = lambda: success_stored
+    return stub
 
 
 @pytest.mark.parametrize("exc", [Retry(), Ignore(), Terminated(9)],
@@ -376,19 +380,24 @@ def test_final_reason_of_a_lost_worker_otherwise_is_worker_lost(
     assert final_reason(lost, WorkerLostError("SIGKILL")) == "worker_lost"
 
 
-def test_final_reason_of_a_system_exit_nobody_sent_is_worker_lost() -> None:
-    assert final_reason(request(), SystemExit(1)) == "worker_lost"
+def test_final_reason_of_a_system_exit_nobody_sent_is_worker_lost_from_celery_5_7() -> None:
+    """5.3-5.6 fail the task with the SystemExit, like any exception."""
+    expected = "worker_lost" if compat.EXIT_IS_LOST_WORKER else "exception"
+    assert final_reason(request(), SystemExit(1)) == expected
 
 
-def test_final_reason_of_a_system_exit_the_worker_sent_to_revoke_is_none() -> None:
+def test_final_reason_of_a_system_exit_the_worker_sent_to_revoke_is_none_from_5_7() -> None:
     revoked = request()
     revoked._already_revoked = True
-    assert final_reason(revoked, SystemExit(1)) is None
+    expected = None if compat.EXIT_IS_LOST_WORKER else "exception"
+    assert final_reason(revoked, SystemExit(1)) == expected
 
 
 def test_final_reason_of_a_lost_worker_that_celery_retries_is_none() -> None:
+    """Only Celery 5.7 retries lost workers: before, the attribute means nothing."""
     lost = request(retry_on_worker_lost=True, max_retries=3, retries=2)
-    assert final_reason(lost, WorkerLostError("SIGKILL")) is None
+    expected = None if compat.RETRIES_LOST_WORKERS else "worker_lost"
+    assert final_reason(lost, WorkerLostError("SIGKILL")) == expected
 
 
 def test_final_reason_of_a_lost_worker_out_of_retries_is_worker_lost() -> None:
@@ -397,13 +406,17 @@ def test_final_reason_of_a_lost_worker_out_of_retries_is_worker_lost() -> None:
 
 
 def test_final_reason_of_a_lost_worker_out_of_retries_is_worker_lost_despite_reject() -> None:
+    """Before 5.7 Celery knows no retry_on_worker_lost: it requeues (reject_on_worker_lost)."""
     lost = request(acks_late=True, reject_on_worker_lost=True, retry_on_worker_lost=True,
                    max_retries=3, retries=3)
-    assert final_reason(lost, WorkerLostError("SIGKILL")) == "worker_lost"
+    expected = "worker_lost" if compat.RETRIES_LOST_WORKERS else None
+    assert final_reason(lost, WorkerLostError("SIGKILL")) == expected
 
 
 def test_final_reason_of_a_lost_worker_after_its_success_was_stored_is_none() -> None:
-    assert final_reason(request(success_stored=True), WorkerLostError("SIGKILL")) is None
+    """Only Celery 5.7 looks: before, it records the failure over the success."""
+    expected = None if compat.CHECKS_STORED_SUCCESS else "worker_lost"
+    assert final_reason(request(success_stored=True), WorkerLostError("SIGKILL")) == expected
 
 
 def test_final_reason_of_exhausted_redeliveries_is_worker_lost() -> None:
@@ -412,8 +425,10 @@ def test_final_reason_of_exhausted_redeliveries_is_worker_lost() -> None:
 
 
 def test_final_reason_of_a_hard_time_limit_requeued_by_acks_late_is_none() -> None:
+    """Celery 5.3 and 5.4 reject it without requeue instead: final there."""
     requeued = request(acks_late=True, acks_on_timeout=False)
-    assert final_reason(requeued, TimeLimitExceeded(5)) is None
+    expected = None if compat.TIMEOUT_REQUEUED else "time_limit"
+    assert final_reason(requeued, TimeLimitExceeded(5)) == expected
 
 
 @pytest.mark.parametrize(("acks_late", "acks_on_timeout"),
