@@ -1,6 +1,6 @@
 """Write the version tables of docs/compatibility.md from a real run of the matrix.
 
-    nox -s matrix                          # runs the suite and the demo on each Celery
+    nox                                    # runs the suite and the demo on each Celery
     .venv/bin/python docs/compatibility.py # rewrites the tables from build/matrix/
 
 Reads what ``noxfile.py`` left in ``build/matrix/``: per Celery release, the JUnit XML of the
