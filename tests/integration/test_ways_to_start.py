@@ -19,6 +19,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from tests.support.proxy import Proxy
+from tests.support.recording import RESULT_BACKEND
 from tests.support.workers import ROOT, Workers, attempts, queue_size, wait_for
 
 from .test_broker_outage import through
@@ -122,8 +123,7 @@ def run_embedded(tmp_path: Path, broker: str, queue: str, key: str, policies: st
                  ) -> subprocess.CompletedProcess[str]:
     test = tmp_path / "test_embedded_user.py"
     test.write_text(textwrap.dedent(EMBEDDED_TEST.format(
-        policies=policies, broker=broker, backend=os.environ.get(
-            "TEST_RESULT_BACKEND", "redis://127.0.0.1:6379/1"), queue=queue, key=key)))
+        policies=policies, broker=broker, backend=RESULT_BACKEND, queue=queue, key=key)))
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "celery.contrib.pytest", "-p",
          "no:cacheprovider", "-o", "log_cli=true", "-o", "log_cli_level=INFO",

@@ -35,12 +35,8 @@ from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
 import celery_policies
+from tests.support.recording import BROKER_URL, COUNTERS_URL, RESULT_BACKEND
 from tests.support.results import client_backend
-
-REDIS_URL = os.environ.get("CELERY_POLICIES_TEST_REDIS", "redis://127.0.0.1:6379")
-BROKER_URL = os.environ.get("TEST_BROKER_URL", f"{REDIS_URL}/0")
-RESULT_BACKEND = os.environ.get("TEST_RESULT_BACKEND", f"{REDIS_URL}/1")
-COUNTERS_URL = os.environ.get("TEST_COUNTERS_URL", f"{REDIS_URL}/2")
 
 
 def create_app(broker_url: str = BROKER_URL, *, client: bool = False) -> Celery:

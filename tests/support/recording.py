@@ -11,9 +11,13 @@ from typing import Any
 import redis
 
 REDIS_URL = os.environ.get("CELERY_POLICIES_TEST_REDIS", "redis://127.0.0.1:6379")
-BROKER_URL = os.environ.get("TEST_BROKER_URL", f"{REDIS_URL}/0")
-RESULT_BACKEND = os.environ.get("TEST_RESULT_BACKEND", f"{REDIS_URL}/1")
-COUNTERS_URL = os.environ.get("TEST_COUNTERS_URL", f"{REDIS_URL}/2")
+#: The first of the three Redis databases the tests use: broker, results, counters. Two test
+#: runs side by side need their own (.ci/run): kombu keeps one table of unacknowledged
+#: messages per database, and a worker restores any it finds past its visibility_timeout.
+REDIS_DB = int(os.environ.get("CELERY_POLICIES_TEST_REDIS_DB", "0"))
+BROKER_URL = os.environ.get("TEST_BROKER_URL", f"{REDIS_URL}/{REDIS_DB}")
+RESULT_BACKEND = os.environ.get("TEST_RESULT_BACKEND", f"{REDIS_URL}/{REDIS_DB + 1}")
+COUNTERS_URL = os.environ.get("TEST_COUNTERS_URL", f"{REDIS_URL}/{REDIS_DB + 2}")
 counters = redis.Redis.from_url(COUNTERS_URL)
 
 

@@ -21,10 +21,11 @@ from urllib.parse import urlsplit
 import pytest
 from celery import Celery
 
+from tests.support.recording import REDIS_DB, REDIS_URL
+
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = os.environ.get("CELERY_POLICIES_TEST_REDIS", "redis://127.0.0.1:6379")
 AMQP_URL = os.environ.get("CELERY_POLICIES_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
-BROKERS = {"redis": f"{REDIS_URL}/0", "rabbitmq": AMQP_URL}
+BROKERS = {"redis": f"{REDIS_URL}/{REDIS_DB}", "rabbitmq": AMQP_URL}
 #: How long a worker may take to say "ready." before the test fails.
 START_TIMEOUT = 60.0
 
