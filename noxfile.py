@@ -47,6 +47,20 @@ def _install(session: nox.Session, celery: str) -> None:
     session.install("-e", ".[test]", f"celery[redis]=={celery}")
     printed = session.run("python", "-c", VERSIONS, silent=True)
     _record(celery, versions=json.loads(str(printed).strip().splitlines()[-1]))
+    _record_commit(session, celery)
+
+
+def _record_commit(session: nox.Session, celery: str) -> None:
+    """Which code a session tested: the commit, and whether the work tree differed from it."""
+    commit = str(session.run("git", "rev-parse", "--short", "HEAD", silent=True,
+                             external=True)).strip()
+    dirty = str(session.run("git", "status", "--porcelain", "--", "src", "tests",
+                            silent=True, external=True)).strip()
+    path = RESULTS / f"celery-{celery}.json"
+    record = json.loads(path.read_text())
+    record.setdefault("commits", {})[session.name.split("(")[0]] = (
+        commit + ("+changes" if dirty else ""))
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _record(celery: str, versions: dict[str, str] | None = None, **outcomes: bool) -> None:
