@@ -63,8 +63,10 @@ EVENTS: dict[str, re.Pattern[str]] = {
                               r"(?P<reason>\w+) "),
     "callback": re.compile(r"^sent (?P<task>\S+) for failed \S+\[(?P<id>[\w-]+)\]"),
 }
-#: The events the worker's main process logs after the task's result is stored.
-ROUTE_EVENTS = ("dead_letter", "callback")
+#: The events the worker's main process logs after the task's result is stored. At a hard
+#: time limit billiard calls the request's on_failure (the routes) before its on_timeout
+#: (Celery's "Hard time limit" line), a few milliseconds apart.
+ROUTE_EVENTS = ("dead_letter", "callback", "hard")
 
 
 @dataclass
