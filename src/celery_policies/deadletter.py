@@ -3,8 +3,10 @@
 A dead letter is the task message exactly as the worker received it (the serialized body,
 untouched, with its content type and encoding; the task's headers; ``correlation_id`` and
 ``reply_to``) plus the header ``celery_policies_failure``, a dict that says why, where and when
-the task failed. Nothing is decoded or re-encoded on the way in or out, so a dead letter
-replays byte for byte whatever serializer or compression the app uses.
+the task failed. Nothing is deserialized or re-serialized on the way in or out, so a dead
+letter replays byte for byte whatever serializer the app uses. A compressed task message is
+kept decompressed (kombu has decompressed it before the worker sees it), without its
+``compression`` header.
 
 The plugin publishes dead letters itself, on every broker the same way, to a durable queue
 through the default exchange. Redis has no dead-lettering (kombu deletes a message rejected
@@ -30,6 +32,9 @@ from kombu.serialization import loads
 
 from .retrying import FIRST_ATTEMPT_HEADER
 
+#: kombu's message header naming the compression of the body (kombu/messaging.py,
+#: ``Producer._prepare``); kombu's ``Message`` decompresses the body when it is set.
+COMPRESSION_HEADER = "compression"
 #: The header of a dead letter holding its failure record (a dict; see ``failure_record``).
 FAILURE_HEADER = "celery_policies_failure"
 #: The header counting how often a message was replayed from a dead-letter queue.
@@ -63,10 +68,24 @@ class Envelope:
         body = message.body
         if isinstance(body, str):
             body = body.encode(message.content_encoding or "utf-8")
-        properties = {key: message.properties[key] for key in (*_PROPERTIES, "priority")
-                      if message.properties.get(key) is not None}
-        return cls(body, message.content_type, message.content_encoding,
-                   dict(message.headers or {}), properties)
+        return cls.received(body, message.content_type, message.content_encoding,
+                            message.headers or {}, message.properties or {})
+
+    @classmethod
+    def received(cls, body: bytes, content_type: str | None, content_encoding: str | None,
+                 headers: dict[str, Any], properties: dict[str, Any]) -> Envelope:
+        """The envelope of a message whose body is no longer compressed.
+
+        kombu's ``Message`` decompresses the body on receipt and leaves the ``compression``
+        header in place (kombu/message.py, ``Message.__init__``): published again with that
+        header, the plain body cannot be decompressed and the worker drops it ("Can't decode
+        message body"). The header goes, as kombu's own ``Message.serializable`` drops it
+        (kombu/transport/virtual/base.py).
+        """
+        headers = {k: v for k, v in headers.items() if k != COMPRESSION_HEADER}
+        kept = {key: properties[key] for key in (*_PROPERTIES, "priority")
+                if properties.get(key) is not None}
+        return cls(body, content_type, content_encoding, headers, kept)
 
     def jsonable(self) -> dict[str, Any]:
         """Everything needed to publish it again by hand, as JSON-friendly data."""
@@ -114,10 +133,13 @@ def dead_letter(envelope: Envelope, failure: dict[str, Any]) -> Envelope:
 @dataclass(frozen=True)
 class DeadLetter:
     """One message read from a dead-letter queue. ``handle`` is the store's own reference
-    to it (what ``remove`` needs)."""
+    to it (what ``remove`` needs). A letter with a ``problem`` (a short sentence: "entry 3:
+    not JSON (412 bytes)") could not be read: its envelope holds the raw bytes and nothing
+    else, no filter matches it, and it is never replayed."""
 
     envelope: Envelope
     handle: Any = None
+    problem: str | None = None
 
     @property
     def failure(self) -> dict[str, Any]:
@@ -170,7 +192,8 @@ class DeadLetter:
                 "exception_message": failure.get("exception_message"),
                 "retries": failure.get("retries"), "failed_at": failure.get("failed_at"),
                 "queue": failure.get("queue"), "policy": failure.get("policy"),
-                "hostname": failure.get("hostname"), "args": args, "kwargs": kwargs}
+                "hostname": failure.get("hostname"), "args": args, "kwargs": kwargs,
+                "problem": self.problem}
 
     def replay(self, *, new_id: bool = False) -> Envelope:
         """The message to put back on a work queue: the original, with a fresh retry budget

@@ -23,14 +23,29 @@ REPLAY_BATCH = 200
 
 @dataclass(frozen=True)
 class Filters:
-    """Which dead letters a command works on; every filter given must match."""
+    """Which dead letters a command works on; every filter given must match.
+
+    An unreadable letter (one with a ``problem``) matches no filter: only no filter at all
+    (every letter), or ``unreadable``, which matches exactly the unreadable ones.
+    """
 
     task: str | None = None
     exceptions: tuple[str, ...] = ()
     since: float | None = None  # seconds before now
     ids: tuple[str, ...] = ()
+    unreadable: bool = False
+
+    @property
+    def narrowing(self) -> bool:
+        """Whether any filter on what a letter says is given."""
+        return bool(self.task is not None or self.exceptions or self.since is not None
+                    or self.ids)
 
     def __call__(self, letter: DeadLetter) -> bool:
+        if letter.problem is not None:
+            return self.unreadable or not self.narrowing
+        if self.unreadable:
+            return False
         if self.ids and letter.id not in self.ids:
             return False
         if self.task is not None and not fnmatch.fnmatchcase(letter.task, self.task):
@@ -45,15 +60,18 @@ class Filters:
         return True
 
 
-def select(store: Store, filters: Filters = Filters(),
-           limit: int | None = None) -> list[DeadLetter]:
-    """The matching dead letters, oldest first, at most ``limit``; nothing is removed."""
+def select(store: Store, filters: Filters = Filters(), limit: int | None = None, *,
+           passed_over: list[DeadLetter] | None = None) -> list[DeadLetter]:
+    """The matching dead letters, oldest first, at most ``limit``; nothing is removed.
+    Unreadable letters the filters could not match are added to ``passed_over``."""
     chosen = []
     for letter in store.letters():
         if filters(letter):
             chosen.append(letter)
             if limit is not None and len(chosen) >= limit:
                 break
+        elif letter.problem is not None and passed_over is not None:
+            passed_over.append(letter)
     return chosen
 
 

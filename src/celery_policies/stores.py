@@ -10,29 +10,34 @@ message is still in the queue:
   process, RabbitMQ puts every unacknowledged message back in its place in the queue.
 - Filesystem (kombu's ``filesystem://``, the demo's broker): one file per message, read in
   place; removing a dead letter deletes its file.
+
+An entry that cannot be read is yielded as a dead letter with a ``problem`` (``reading.py``),
+never raised: it can be listed and removed like any other.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, cast
 
 from kombu.connection import Connection
-from kombu.entity import Queue
-from kombu.messaging import Consumer
-from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
 
 from .compat import redis_queue_keys
-from .deadletter import DeadLetter, Envelope, queue_size
+from .deadletter import DeadLetter, queue_size
 from .errors import PolicyError
+from .reading import from_amqp, from_payload, is_json, max_body_bytes, unreadable
 
 #: Redis reads and removes this many messages per round trip.
 REDIS_CHUNK = 1000
 #: RabbitMQ: stop reading when no message has arrived for this long (seconds).
 AMQP_IDLE = 1.0
+#: Filesystem: a file that is not JSON is taken as still being written by kombu (which writes
+#: it in place, kombu/transport/filesystem.py ``_put``) for this long after its last change
+#: (seconds), then shown as unreadable.
+FILE_SETTLE = 5.0
 
 
 class Store(Protocol):
@@ -50,14 +55,17 @@ class Store(Protocol):
         """Stop reading: whatever was read and not removed stays in the queue."""
 
 
-def open_store(connection: Connection, queue: str) -> Store:
+def open_store(connection: Connection, queue: str, max_body: int | None = None) -> Store:
+    """The store of ``queue``; bodies decompress to at most ``max_body`` bytes (default:
+    ``reading.max_body_bytes()``, which raises ``PolicyError`` on a bad setting)."""
+    limit = max_body_bytes() if max_body is None else max_body
     driver = connection.transport.driver_type
     if driver == "redis":
-        return RedisStore(connection, queue)
+        return RedisStore(connection, queue, limit)
     if driver == "amqp":
-        return AmqpStore(connection, queue)
+        return AmqpStore(connection, queue, limit)
     if driver == "filesystem":
-        return FileStore(connection, queue)
+        return FileStore(connection, queue, limit)
     raise PolicyError(f"dead-letter queues can be read on Redis, RabbitMQ and the filesystem "
                       f"transport, not on {driver!r} ({connection.as_uri()})")
 
@@ -66,13 +74,15 @@ class RedisStore:
     """kombu keeps a queue as a list per priority step, pushed on the left, popped on the
     right: the oldest message is the last element."""
 
-    def __init__(self, connection: Connection, queue: str) -> None:
+    def __init__(self, connection: Connection, queue: str, max_body: int) -> None:
         self.queue = queue
+        self.max_body = max_body
         self.channel: Any = cast(Any, connection.default_channel)
         self.client = self.channel.client
         self.keys = redis_queue_keys(self.channel, queue)
 
     def letters(self) -> Iterator[DeadLetter]:
+        position = 0
         for key in self.keys:
             # Negative indexes count from the oldest end, which new dead letters (pushed on
             # the other end) do not move; stop at the length seen at the start.
@@ -84,9 +94,8 @@ class RedisStore:
                 if not chunk:
                     return
                 for raw in reversed(chunk):
-                    message = self.channel.Message(loads(bytes_to_str(raw)),
-                                                   channel=self.channel)
-                    yield DeadLetter(Envelope.of(message), (key, raw))
+                    position += 1
+                    yield from_payload(raw, (key, raw), position, self.max_body)
                 offset += size
 
     def remove(self, letters: Sequence[DeadLetter]) -> None:
@@ -103,25 +112,32 @@ class RedisStore:
 
 class AmqpStore:
     """Consumes the queue without acknowledging: RabbitMQ keeps every message it has
-    delivered until it is acknowledged, and requeues the rest when the channel closes."""
+    delivered until it is acknowledged, and requeues the rest when the channel closes.
 
-    def __init__(self, connection: Connection, queue: str) -> None:
+    It consumes on the channel itself (py-amqp's ``basic_consume``), not through kombu's
+    ``Consumer``: that one declares its queues first (``Consumer.revive`` ->
+    ``declare``) without the arguments the queue was made with (``x-max-length``,
+    ``x-queue-type: quorum``, a TTL), which RabbitMQ refuses with PRECONDITION_FAILED; and
+    kombu's ``Message`` decompresses a body whole before anyone can check its size.
+    """
+
+    def __init__(self, connection: Connection, queue: str, max_body: int) -> None:
         self.queue = queue
+        self.max_body = max_body
         self.connection = connection
-        self.channel = connection.channel()
+        self.channel: Any = connection.channel()
 
     def letters(self) -> Iterator[DeadLetter]:
         try:
-            expected = queue_size(self.connection, self.queue)
+            expected = queue_size(self.connection, self.queue)  # a passive declare
         except self.connection.channel_errors:
             return  # no such queue
         if not expected:
             return
         received: list[Any] = []
-        consumer = Consumer(self.channel, [Queue(self.queue)], no_ack=False,
-                            on_message=received.append, accept=None)
         self.channel.basic_qos(0, 0, False)  # no prefetch limit: hold every message
-        with consumer:
+        tag = self.channel.basic_consume(self.queue, no_ack=False, callback=received.append)
+        try:
             seen = 0
             while seen < expected:
                 try:
@@ -129,13 +145,17 @@ class AmqpStore:
                 except TimeoutError:
                     break
                 for message in received:
-                    yield DeadLetter(Envelope.of(message), message)
-                seen += len(received)
+                    seen += 1
+                    yield from_amqp(message, seen, self.max_body)
                 received.clear()
+        finally:
+            with contextlib.suppress(*self.connection.channel_errors,
+                                     *self.connection.connection_errors):
+                self.channel.basic_cancel(tag)
 
     def remove(self, letters: Sequence[DeadLetter]) -> None:
         for letter in letters:
-            letter.handle.ack()
+            self.channel.basic_ack(letter.handle)
 
     def close(self) -> None:
         self.channel.close()  # requeues what was read and not removed
@@ -144,24 +164,33 @@ class AmqpStore:
 class FileStore:
     """kombu's filesystem transport: one ``<time>_<uuid>.<queue>.msg`` file per message."""
 
-    def __init__(self, connection: Connection, queue: str) -> None:
+    def __init__(self, connection: Connection, queue: str, max_body: int) -> None:
         self.queue = queue
+        self.max_body = max_body
         self.channel: Any = cast(Any, connection.default_channel)
         self.folder = self.channel.data_folder_in
 
     def letters(self) -> Iterator[DeadLetter]:
         suffix = f"{self.queue}.msg"
+        position = 0
         for path in sorted((os.path.join(self.folder, name) for name in os.listdir(self.folder)
                             if name.partition(".")[2] == suffix), key=_written):
             try:
                 with open(path, "rb") as file:
-                    payload = loads(bytes_to_str(file.read()))
+                    raw = file.read()
+                changed = os.stat(path).st_mtime
             except FileNotFoundError:
                 continue  # taken meanwhile
-            except ValueError:
-                continue  # still being written (kombu writes the file in place)
-            message = self.channel.Message(payload, channel=self.channel)
-            yield DeadLetter(Envelope.of(message), path)
+            except OSError as exc:
+                position += 1
+                yield unreadable(b"", path, position, f"cannot be read: {exc.strerror}")
+                continue
+            letter = from_payload(raw, path, position + 1, self.max_body)
+            if (letter.problem is not None and time.time() - changed < FILE_SETTLE
+                    and not is_json(raw)):
+                continue  # maybe still being written
+            position += 1
+            yield letter
 
     def remove(self, letters: Sequence[DeadLetter]) -> None:
         for letter in letters:

@@ -21,7 +21,9 @@ from celery.exceptions import (
     WorkerLostError,
 )
 from celery.worker import state
-from kombu.serialization import registry
+from kombu.compression import compress, encoders, get_encoder
+from kombu.message import Message as KombuMessage
+from kombu.serialization import loads, registry
 
 from celery_policies import compat
 from celery_policies.deadletter import (
@@ -31,6 +33,7 @@ from celery_policies.deadletter import (
     DeadLetter,
     Envelope,
     clip_traceback,
+    dead_letter,
     exception_name,
     matches_exception,
 )
@@ -469,3 +472,53 @@ def test_a_failure_time_without_a_timezone_is_taken_as_utc() -> None:
     naive = letter(failed_at="2030-01-01T00:00:00")
     assert naive.failed_at == datetime(2030, 1, 1, tzinfo=timezone.utc)
     assert Filters(since=60)(naive)
+
+
+# compression: a received message's body is already decompressed
+
+
+#: Every compression kombu registers, by alias, with the module it needs
+#: (kombu/compression.py registers each only when that module imports).
+KOMBU_CODECS = {"gzip": "zlib", "bzip2": "bz2", "lzma": "lzma",
+                "zstd": "backports.zstd (compression.zstd on Python 3.14)",
+                "brotli": "brotli (or brotlicffi)"}
+
+
+def codec(alias: str) -> str:
+    """The content type kombu compresses with for ``alias``; skips, naming the missing
+    module, when kombu has not registered it here."""
+    try:
+        return get_encoder(alias)[1]
+    except KeyError:
+        pytest.skip(f"{alias}: kombu registers it only when {KOMBU_CODECS[alias]} is "
+                    "installed, and it is not")
+
+
+def test_every_compression_kombu_registers_is_tested() -> None:
+    assert set(encoders()) <= {get_encoder(alias)[1] for alias in KOMBU_CODECS
+                               if get_encoder_or_none(alias)}
+
+
+def get_encoder_or_none(alias: str) -> Any:
+    try:
+        return get_encoder(alias)
+    except KeyError:
+        return None
+
+
+@pytest.mark.parametrize("alias", sorted(KOMBU_CODECS))
+def test_a_received_compressed_message_is_dead_lettered_decompressed_without_the_header(
+        alias: str) -> None:
+    content_type = codec(alias)
+    body, _ = compress(BODY, content_type)
+    message = KombuMessage(body=body, content_type="application/json",
+                           content_encoding="utf-8",
+                           headers={"task": "proj.add", "id": TASK_ID,
+                                    "compression": content_type})
+    envelope = Envelope.of(message)
+    assert envelope.body == BODY
+    assert "compression" not in envelope.headers
+    replayed = DeadLetter(dead_letter(envelope, failure())).replay()
+    assert "compression" not in replayed.headers
+    assert loads(replayed.body, replayed.content_type or "", replayed.content_encoding or ""
+                 ) == json.loads(BODY)

@@ -7,7 +7,11 @@ the folder from ``$DLQ_TEST_BROKER_DIR``; a message is one ``<time>_<uuid>.<queu
 from __future__ import annotations
 
 import base64
+import bz2
+import functools
 import json
+import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -22,6 +26,7 @@ import pytest
 from benchmarks._deadletters import fabricate
 from celery import Celery
 from click.testing import CliRunner, Result
+from kombu.compression import compress, get_encoder
 
 import celery_policies.dlq
 from celery_policies.cli import policies
@@ -156,7 +161,8 @@ def test_list_as_json_gives_the_documented_fields(broker: Broker) -> None:
     for entry in entries:
         assert set(entry) == {"id", "task", "reason", "exception", "exception_message",
                               "retries", "failed_at", "queue", "policy", "hostname", "args",
-                              "kwargs"}
+                              "kwargs", "problem"}
+        assert entry["problem"] is None
         number = int(entry["exception_message"].removeprefix("fabricated "))
         assert entry["args"] == [number, 10 * number]
         assert entry["kwargs"] == {}
@@ -476,3 +482,190 @@ def test_purge_leaves_other_queues_alone(broker: Broker) -> None:
     other = broker.fabricate(1, queue="billing.dead_letter")
     on_app("purge", "--yes")
     assert [m["headers"]["id"] for m in broker.messages("billing.dead_letter")] == other
+
+
+# unreadable entries, compression, the size cap
+
+
+#: 300 MiB of zeros, bzip2-compressed: 242 bytes.
+BOMB_BYTES = 300 * 2**20
+
+
+@functools.cache
+def bomb() -> bytes:
+    compressor = bz2.BZ2Compressor(9)
+    chunk = b"\0" * 2**20
+    return b"".join(compressor.compress(chunk) for _ in range(BOMB_BYTES // len(chunk))
+                    ) + compressor.flush()
+
+
+def junk(broker: Broker, data: bytes, *, order: int = 0) -> str:
+    """A file in the dead-letter queue that is not a message; written a while ago (not one
+    kombu is still writing). ``order`` is the millisecond kombu would have named it after."""
+    path = broker.queues / f"{order}_{uuid4()}.{DLQ}.msg"
+    path.write_bytes(data)
+    os.utime(path, (time.time() - 60, time.time() - 60))
+    return path.name
+
+
+def compressed(broker: Broker, body: bytes, alias: str, *, compress_body: bool = True,
+               task_id: str | None = None) -> str:
+    """A dead letter whose message says it is compressed with ``alias``: its body
+    compressed (as a kombu producer stores it), or not (as the previous release wrote
+    the dead letters of compressed tasks); its task id."""
+    task_id = task_id or str(uuid4())
+    content_type = get_encoder(alias)[1]
+    stored = compress(body, content_type)[0] if compress_body else body
+    headers = {"lang": "py", "task": "proj.add", "id": task_id, "root_id": task_id,
+               "retries": 0, "eta": None, "expires": None, "compression": content_type}
+    record = {"reason": "exception", "exception": "ValueError", "failed_at": now_iso(),
+              "queue": "work"}
+    envelope = Envelope(stored, "application/json", "utf-8", headers,
+                        {"correlation_id": task_id})
+    with broker.app.connection_for_write() as connection:
+        Publisher(connection).publish(dead_letter(envelope, record), DLQ)
+    return task_id
+
+
+def test_list_shows_a_file_that_is_not_json_as_unreadable_with_its_position_and_size(
+        broker: Broker) -> None:
+    junk(broker, b"\x00garbage" * 10)
+    ids = broker.fabricate(2)
+    result = on_app("list")
+    assert result.exit_code == 0, result.output
+    assert "entry 1: not JSON (80 bytes)" in result.stdout
+    assert all(task_id in result.stdout for task_id in ids)
+    assert result.stdout.rstrip().endswith(f"3 dead letters in {DLQ} (1 unreadable)")
+
+
+def test_list_as_json_gives_an_unreadable_entry_with_its_problem(broker: Broker) -> None:
+    broker.fabricate(1)
+    junk(broker, b'{"body": 7}', order=10**12)
+    entries = json.loads(on_app("list", "--format", "json").stdout)
+    assert [entry["problem"] for entry in entries] == [
+        None, "entry 2: not a kombu message: no properties (11 bytes)"]
+
+
+def test_a_filtered_list_says_how_many_unreadable_entries_it_could_not_match(
+        broker: Broker) -> None:
+    junk(broker, b"[1, 2]")
+    [task_id] = broker.fabricate(1)
+    result = on_app("list", "--task", "proj.*")
+    assert result.exit_code == 0
+    assert task_id in result.stdout
+    assert "1 unreadable entry not matched (entry 1: not a kombu message" in result.stderr
+    assert "dlq purge --unreadable" in result.stderr
+
+
+def test_show_of_an_unknown_id_names_the_unreadable_entries_it_could_not_search(
+        broker: Broker) -> None:
+    junk(broker, b"{")
+    result = on_app("show", "some-id")
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: no dead letter of task some-id in {DLQ} (1 unreadable "
+                             "entry could not be searched: entry 1: not JSON (1 bytes))\n")
+
+
+def test_purge_unreadable_deletes_exactly_the_unreadable_entries(broker: Broker) -> None:
+    junk(broker, b"\xff\xfe")
+    ids = broker.fabricate(2)
+    junk(broker, b"null", order=10**12)
+    result = on_app("purge", "--unreadable", "--yes")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (f"2 dead letters match in {DLQ}.\n"
+                             f"Deleted 2 dead letters from {DLQ}.\n")
+    assert [m["headers"]["id"] for m in broker.messages(DLQ)] == ids
+
+
+def test_a_filtered_purge_never_deletes_an_unreadable_entry(broker: Broker) -> None:
+    name = junk(broker, b"\xff\xfe")
+    broker.fabricate(2)
+    result = on_app("purge", "--task", "proj.*", "--yes")
+    assert result.exit_code == 0, result.output
+    assert broker.files(DLQ) == [name]
+
+
+@pytest.mark.parametrize("option", [("--task", "x"), ("--exception", "E"), ("--since", "1h")])
+def test_purge_unreadable_with_a_filter_is_a_usage_error(broker: Broker,
+                                                         option: tuple[str, str]) -> None:
+    junk(broker, b"\xff")
+    result = on_app("purge", "--unreadable", *option)
+    assert result.exit_code == 2
+    assert "--unreadable takes no filter" in result.stderr
+    assert len(broker.files(DLQ)) == 1
+
+
+def test_a_file_kombu_may_still_be_writing_is_left_out(broker: Broker) -> None:
+    path = broker.queues / f"0_{uuid4()}.{DLQ}.msg"
+    path.write_bytes(b'{"body": "half')
+    result = on_app("list")
+    assert result.stdout.rstrip().endswith(f"0 dead letters in {DLQ}")
+
+
+def test_a_compression_bomb_is_listed_as_too_large(broker: Broker) -> None:
+    [task_id] = broker.fabricate(1)
+    compressed(broker, bomb(), "bzip2", compress_body=False)  # stored as kombu would
+    result = on_app("list", "--format", "json")
+    entries = json.loads(result.stdout)
+    assert entries[0]["id"] == task_id
+    size = (broker.queues / broker.files(DLQ)[1]).stat().st_size  # the stored entry
+    assert entries[1]["problem"] == f"entry 2: decompressed size over 10 MB ({size} bytes)"
+
+
+def test_the_size_cap_is_changed_with_its_environment_variable(
+        broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = json.dumps([["x" * 2**20, "y" * 2**20], {}, {}]).encode()
+    task_id = compressed(broker, body, "gzip")
+    monkeypatch.setenv("CELERY_POLICIES_DLQ_MAX_BODY_MB", "1")
+    [entry] = json.loads(on_app("list", "--format", "json").stdout)
+    size = (broker.queues / broker.files(DLQ)[0]).stat().st_size
+    assert entry["problem"] == f"entry 1: decompressed size over 1 MB ({size} bytes)"
+    monkeypatch.setenv("CELERY_POLICIES_DLQ_MAX_BODY_MB", "3")
+    [entry] = json.loads(on_app("list", "--format", "json").stdout)
+    assert (entry["id"], entry["problem"], len(entry["args"][0])) == (task_id, None, 2**20)
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-1", "1.5"])
+def test_a_bad_size_cap_is_a_clear_error(broker: Broker, monkeypatch: pytest.MonkeyPatch,
+                                        value: str) -> None:
+    monkeypatch.setenv("CELERY_POLICIES_DLQ_MAX_BODY_MB", value)
+    result = on_app("list")
+    assert result.exit_code == 1
+    assert result.stderr == ("Error: $CELERY_POLICIES_DLQ_MAX_BODY_MB must be a whole number "
+                             f"of megabytes, 1 or more, not {value!r}\n")
+
+
+def test_listing_a_compression_bomb_stays_small_in_memory(broker: Broker) -> None:
+    compressed(broker, bomb(), "bzip2", compress_body=False)
+    script = textwrap.dedent("""
+        import resource, sys
+        from click.testing import CliRunner
+        from celery_policies.cli import policies
+        result = CliRunner().invoke(policies, ["dlq", "list", "--app", sys.argv[1]])
+        assert result.exit_code == 0, result.output
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """)
+    done = subprocess.run([sys.executable, "-c", script, APP_MODULE], capture_output=True,
+                          text=True, check=True, cwd=broker.queues.parent,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    peak_mb = int(done.stdout.split()[-1])
+    assert peak_mb < 150, f"peak RSS {peak_mb} MB"
+
+
+@pytest.mark.parametrize("alias", ["gzip", "bzip2", "lzma", "zstd", "brotli"])
+@pytest.mark.parametrize("compress_body", [True, False], ids=["compressed", "previous-release"])
+def test_a_compressed_dead_letter_is_read_and_replayed_as_a_plain_message(
+        broker: Broker, alias: str, compress_body: bool) -> None:
+    try:
+        get_encoder(alias)
+    except KeyError:
+        pytest.skip(f"{alias}: not installed, so kombu has not registered it")
+    body = json.dumps([[6, 7], {}, {}]).encode()
+    task_id = compressed(broker, body, alias, compress_body=compress_body)
+    [entry] = json.loads(on_app("list", "--format", "json").stdout)
+    assert (entry["id"], entry["args"], entry["problem"]) == (task_id, [6, 7], None)
+    result = on_app("replay", "--yes")
+    assert result.exit_code == 0, result.output
+    [message] = broker.messages("work")
+    assert "compression" not in message["headers"]
+    assert body_of(message) == body

@@ -115,6 +115,9 @@ def _table(letters: Sequence[DeadLetter]) -> Table:
     for column in ("id", "task", "reason", "exception", "retries", "failed at (UTC)"):
         table.add_column(column, no_wrap=column == "id")
     for letter in letters:
+        if letter.problem is not None:
+            table.add_row("-", "(unreadable)", letter.problem, "-", "-", "-")
+            continue
         failure = letter.failure
         exception = str(failure.get("exception") or "-").rpartition(".")[2]
         table.add_row(letter.id, letter.task, str(failure.get("reason") or "-"), exception,
@@ -124,6 +127,24 @@ def _table(letters: Sequence[DeadLetter]) -> Table:
 
 def _plural(count: int) -> str:
     return f"{count} dead letter{'' if count == 1 else 's'}"
+
+
+def _count(letters: Sequence[DeadLetter]) -> str:
+    return f"{len(letters)} unreadable entr{'y' if len(letters) == 1 else 'ies'}"
+
+
+def _problems(letters: Sequence[DeadLetter], shown: int = 3) -> str:
+    """``entry 3: not JSON (412 bytes); entry 7: ...``."""
+    more = "; ..." if len(letters) > shown else ""
+    return "; ".join(str(letter.problem) for letter in letters[:shown]) + more
+
+
+def _passed_over(letters: Sequence[DeadLetter]) -> None:
+    """Say on stderr which unreadable entries the filters passed over."""
+    if letters:
+        click.echo(f"{_count(letters)} not matched ({_problems(letters)}): no filter "
+                   "matches an entry that cannot be read; `dlq purge --unreadable` removes "
+                   "them.", err=True)
 
 
 @click.group()
@@ -142,15 +163,19 @@ def list_(ctx: click.Context, app_name: str | None, broker: str | None, queue: s
           task_glob: str | None, exceptions: tuple[str, ...], since: float | None,
           output: str) -> None:
     """List dead letters, oldest first, without removing any."""
+    passed_over: list[DeadLetter] = []
     with _open(ctx, app_name, broker, queue) as (store, _):
-        letters = select(store, Filters(task_glob, exceptions, since))
+        letters = select(store, Filters(task_glob, exceptions, since), passed_over=passed_over)
+    _passed_over(passed_over)
     if output == "json":
         click.echo(json.dumps([letter.summary() for letter in letters], indent=2,
                               default=repr))
         return
     out = console()
     out.print(_table(letters))
-    out.print(f"{_plural(len(letters))} in {store.queue}")
+    broken = sum(letter.problem is not None for letter in letters)
+    out.print(f"{_plural(len(letters))} in {store.queue}"
+              + (f" ({broken} unreadable)" if broken else ""), markup=False)
 
 
 @dlq.command()
@@ -160,10 +185,14 @@ def list_(ctx: click.Context, app_name: str | None, broker: str | None, queue: s
 def show(ctx: click.Context, task_id: str, app_name: str | None, broker: str | None,
          queue: str | None) -> None:
     """Everything about the dead letter of task TASK_ID, traceback included."""
+    passed_over: list[DeadLetter] = []
     with _open(ctx, app_name, broker, queue) as (store, _):
-        letters = select(store, Filters(ids=(task_id,)))
+        letters = select(store, Filters(ids=(task_id,)), passed_over=passed_over)
     if not letters:
-        raise click.ClickException(f"no dead letter of task {task_id} in {store.queue}")
+        unsearched = (f" ({_count(passed_over)} could not be searched: "
+                      f"{_problems(passed_over)})" if passed_over else "")
+        raise click.ClickException(f"no dead letter of task {task_id} in {store.queue}"
+                                   + unsearched)
     out = console()
     for letter in letters:
         failure = letter.failure
@@ -201,7 +230,10 @@ def replay_(ctx: click.Context, app_name: str | None, broker: str | None, queue:
     unless --new-id. At least once: a crash can run a task twice, never lose it.
     """
     with _open(ctx, app_name, broker, queue) as (store, connection):
-        letters = select(store, Filters(task_glob, exceptions, since), limit)
+        passed_over: list[DeadLetter] = []
+        letters = select(store, Filters(task_glob, exceptions, since), limit,
+                         passed_over=passed_over)
+        _passed_over(passed_over)
         if not letters:
             click.echo(f"No dead letters to replay in {store.queue}.")
             return
@@ -236,14 +268,23 @@ def replay_(ctx: click.Context, app_name: str | None, broker: str | None, queue:
 @dlq.command(name="purge")
 @_source
 @_filters
+@click.option("--unreadable", is_flag=True, help="Only the entries that cannot be read "
+              "(shown as unreadable by list); takes no filter.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def purge_(ctx: click.Context, app_name: str | None, broker: str | None, queue: str | None,
            task_glob: str | None, exceptions: tuple[str, ...], since: float | None,
-           yes: bool) -> None:
+           unreadable: bool, yes: bool) -> None:
     """Delete dead letters for good (all of them, or those the filters match)."""
+    filters = Filters(task_glob, exceptions, since, unreadable=unreadable)
+    if unreadable and filters.narrowing:
+        raise click.BadParameter("--unreadable takes no filter (--task, --exception, "
+                                 "--since): no filter matches an entry that cannot be read",
+                                 param_hint="'--unreadable'")
+    passed_over: list[DeadLetter] = []
     with _open(ctx, app_name, broker, queue) as (store, _):
-        letters = select(store, Filters(task_glob, exceptions, since))
+        letters = select(store, filters, passed_over=passed_over)
+        _passed_over(passed_over)
         click.echo(f"{_plural(len(letters))} match in {store.queue}.")
         if not letters:
             return
