@@ -38,6 +38,7 @@ from celery_policies.deadletter import (
     matches_exception,
 )
 from celery_policies.dlq import Filters
+from celery_policies.reading import Unreadable, decompressed, from_payload
 from celery_policies.redelivery import RedeliveriesExhausted
 from celery_policies.retrying import GAVE_UP_ATTR
 from celery_policies.routes import final_reason
@@ -522,3 +523,59 @@ def test_a_received_compressed_message_is_dead_lettered_decompressed_without_the
     assert "compression" not in replayed.headers
     assert loads(replayed.body, replayed.content_type or "", replayed.content_encoding or ""
                  ) == json.loads(BODY)
+
+
+# unreadable letters and the filters
+
+
+UNREADABLE = DeadLetter(Envelope(b"\xff", None, None, {}, {}), None, "entry 1: not JSON (1 bytes)")
+
+
+def test_no_filter_at_all_takes_an_unreadable_letter_too() -> None:
+    assert Filters()(UNREADABLE)
+
+
+@pytest.mark.parametrize("filters", [Filters(task="*"), Filters(exceptions=("Exception",)),
+                                     Filters(since=10**9), Filters(ids=("?",))],
+                         ids=["task", "exception", "since", "ids"])
+def test_no_filter_matches_an_unreadable_letter(filters: Filters) -> None:
+    assert not filters(UNREADABLE)
+
+
+def test_the_unreadable_filter_matches_exactly_the_unreadable_letters() -> None:
+    assert Filters(unreadable=True)(UNREADABLE)
+    assert not Filters(unreadable=True)(letter())
+
+
+# reading stored messages
+
+
+def test_a_stream_cut_short_is_unreadable_not_taken_as_plain() -> None:
+    body = compress(BODY * 50, "application/x-bz2")[0]
+    with pytest.raises(Unreadable, match="compressed body is cut short"):
+        decompressed(body[:-20], "application/x-bz2", 2**20)
+
+
+def test_a_codec_kombu_has_not_registered_is_unreadable() -> None:
+    with pytest.raises(Unreadable, match="compressed with 'application/x-snappy', which is "
+                       "not installed here"):
+        decompressed(b"x", "application/x-snappy", 2**20)
+
+
+@pytest.mark.parametrize("alias", sorted(KOMBU_CODECS))
+def test_decompression_stops_at_the_cap(alias: str) -> None:
+    content_type = codec(alias)
+    body = compress(b"\0" * (2**20 + 1), content_type)[0]
+    with pytest.raises(Unreadable, match="decompressed size over 1 MB"):
+        decompressed(body, content_type, 2**20)
+    assert decompressed(body, content_type, 2 * 2**20) == b"\0" * (2**20 + 1)
+
+
+def test_a_body_in_the_previous_releases_format_is_read_as_it_is() -> None:
+    raw = json.dumps({"body": base64.b64encode(BODY).decode(), "content-type":
+                      "application/json", "content-encoding": "utf-8",
+                      "headers": {"id": TASK_ID, "compression": "application/x-gzip"},
+                      "properties": {"body_encoding": "base64"}}).encode()
+    read = from_payload(raw, None, 1, 2**20)
+    assert (read.problem, read.envelope.body, read.envelope.headers) == (
+        None, BODY, {"id": TASK_ID})

@@ -275,7 +275,8 @@ def replay_(ctx: click.Context, app_name: str | None, broker: str | None, queue:
 def purge_(ctx: click.Context, app_name: str | None, broker: str | None, queue: str | None,
            task_glob: str | None, exceptions: tuple[str, ...], since: float | None,
            unreadable: bool, yes: bool) -> None:
-    """Delete dead letters for good (all of them, or those the filters match)."""
+    """Delete dead letters for good: all of them (unreadable entries too), those the
+    filters match, or with --unreadable only the entries that cannot be read."""
     filters = Filters(task_glob, exceptions, since, unreadable=unreadable)
     if unreadable and filters.narrowing:
         raise click.BadParameter("--unreadable takes no filter (--task, --exception, "
