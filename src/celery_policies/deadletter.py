@@ -114,10 +114,12 @@ def dead_letter(envelope: Envelope, failure: dict[str, Any]) -> Envelope:
 @dataclass(frozen=True)
 class DeadLetter:
     """One message read from a dead-letter queue. ``handle`` is the store's own reference
-    to it (what ``remove`` needs)."""
+    to it (what ``remove`` needs). A letter with a ``problem`` could not be read: it is
+    listed, and left where it is by replay."""
 
     envelope: Envelope
     handle: Any = None
+    problem: str | None = None
 
     @property
     def failure(self) -> dict[str, Any]:
@@ -175,13 +177,29 @@ class DeadLetter:
     def replay(self, *, new_id: bool = False) -> Envelope:
         """The message to put back on a work queue: the original, with a fresh retry budget
         (``retries`` 0, no first-attempt time), no ``eta`` or ``expires`` (an expired task
-        would be discarded unrun), and the replay counted."""
+        would be discarded unrun), and the replay counted.
+
+        Raises ``ValueError`` naming the header at fault when the letter is not one a worker
+        could run again: unreadable, no failure record, no task name or id, a replay count or
+        priority that is not a whole number."""
+        if self.problem is not None:
+            raise ValueError(self.problem)
         envelope = self.envelope
+        for name, what in (("task", "a task name"), ("id", "a task id")):
+            value = envelope.headers.get(name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"header {name!r} is {_shown(value)}, not {what}")
+        if not isinstance(envelope.headers.get(FAILURE_HEADER), dict):
+            raise ValueError(f"header {FAILURE_HEADER!r} is "
+                             f"{_shown(envelope.headers.get(FAILURE_HEADER))}, not a record")
+        replays = _count(envelope.headers.get(REPLAYS_HEADER), REPLAYS_HEADER)
+        priority = self.failure.get("priority")
+        if priority is not None:
+            _count(priority, f"{FAILURE_HEADER}.priority")
         headers = {k: v for k, v in envelope.headers.items() if k not in RUN_HEADERS}
         headers.update(retries=0, eta=None, expires=None)
-        headers[REPLAYS_HEADER] = int(headers.get(REPLAYS_HEADER) or 0) + 1
+        headers[REPLAYS_HEADER] = replays + 1
         properties = dict(envelope.properties)
-        priority = self.failure.get("priority")
         if priority is not None:
             properties["priority"] = priority
         if new_id:
@@ -196,6 +214,23 @@ class DeadLetter:
         """The queue the task came from."""
         queue = self.failure.get("queue")
         return queue if isinstance(queue, str) and queue else None
+
+
+def _count(value: Any, name: str) -> int:
+    """A header holding a count: absent (0) or a whole number >= 0."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"header {name!r} is {_shown(value)}, not a whole number >= 0")
+    return value
+
+
+def _shown(value: Any) -> str:
+    """A header value as an error message quotes it: its type, and the start of its repr."""
+    if value is None:
+        return "missing"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 class Publisher:
