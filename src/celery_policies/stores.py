@@ -118,8 +118,9 @@ class AmqpStore:
         if not expected:
             return
         received: list[Any] = []
+        # auto_declare=False: declaring it again without its arguments (x-max-length) fails
         consumer = Consumer(self.channel, [Queue(self.queue)], no_ack=False,
-                            on_message=received.append, accept=None)
+                            on_message=received.append, accept=None, auto_declare=False)
         self.channel.basic_qos(0, 0, False)  # no prefetch limit: hold every message
         with consumer:
             seen = 0
