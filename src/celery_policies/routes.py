@@ -66,8 +66,9 @@ FULL_FORMAT = ("dead-letter queue %s is full (max_length %d): RabbitMQ drops its
                "letter for each new one, and does not say which")
 #: The WARNING, once per queue, of a RabbitMQ queue that exists without our x-max-length.
 UNLIMITED_FORMAT = ("dead-letter queue %s exists without the RabbitMQ limit max_length %d "
-                    "asks for (x-max-length, set only when a queue is declared): the workers "
-                    "drop its surplus themselves; delete the empty queue to let RabbitMQ do it")
+                    "asks for (x-max-length, set only when a queue is declared; it has none "
+                    "or another): the workers drop its surplus themselves; delete the empty "
+                    "queue to let RabbitMQ do it")
 #: Told of every final failure once its routes were tried: (request, exc, reason, all taken).
 FinalHook = Callable[[Any, BaseException, str, bool], None]
 
