@@ -186,9 +186,12 @@ class DeadLetter:
         if self.problem is not None:
             raise ValueError(self.problem)
         envelope = self.envelope
+        # Task protocol 2 names the task and its id in headers; protocol 1 in the body, and
+        # has neither header.
+        protocol_2 = "task" in envelope.headers or "id" in envelope.headers
         for name, what in (("task", "a task name"), ("id", "a task id")):
             value = envelope.headers.get(name)
-            if not isinstance(value, str) or not value:
+            if protocol_2 and (not isinstance(value, str) or not value):
                 raise ValueError(f"header {name!r} is {_shown(value)}, not {what}")
         if not isinstance(envelope.headers.get(FAILURE_HEADER), dict):
             raise ValueError(f"header {FAILURE_HEADER!r} is "

@@ -106,3 +106,8 @@ def test_list_as_json_keeps_every_field_exact(broker: Broker) -> None:
     assert (entry["id"], entry["task"], entry["exception_message"], entry["hostname"],
             entry["queue"]) == (task_id, f"proj.{HOSTILE}", HOSTILE, HOSTILE, f"q-{HOSTILE}")
     assert "\x1b" not in result.stdout  # JSON escapes it itself (\u001b)
+
+
+def test_list_count_line_prints_a_queue_name_as_written(broker: Broker) -> None:
+    result = on_app("list", "--queue", "dlq:smile:[bold]\x1b")
+    assert result.stdout.rstrip().endswith("0 dead letters in dlq:smile:[bold]\\x1b")

@@ -84,6 +84,15 @@ def test_replay_of_a_malformed_letter_raises_naming_the_header(
         bad.replay()
 
 
+def test_replay_of_a_task_protocol_1_letter_needs_no_task_or_id_header() -> None:
+    """Protocol 1 carries the task name and id in the body, not in headers."""
+    old = letter()
+    headers = {k: v for k, v in old.envelope.headers.items() if k not in ("task", "id")}
+    replayed = DeadLetter(Envelope(old.envelope.body, "application/json", "utf-8", headers,
+                                   old.envelope.properties)).replay()
+    assert (replayed.headers["retries"], replayed.headers[REPLAYS_HEADER]) == (0, 1)
+
+
 def test_replay_of_a_letter_with_a_non_integer_priority_raises() -> None:
     with pytest.raises(ValueError, match=f"{FAILURE_HEADER}.priority' is str 'high'"):
         letter(priority="high").replay()

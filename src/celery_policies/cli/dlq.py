@@ -152,7 +152,7 @@ def list_(ctx: click.Context, app_name: str | None, broker: str | None, queue: s
         return
     out = console()
     out.print(_table(letters))
-    out.print(f"{_plural(len(letters))} in {printable(store.queue)}", markup=False)
+    out.print(Text(f"{_plural(len(letters))} in {printable(store.queue)}"))
 
 
 @dlq.command()
@@ -235,10 +235,10 @@ def replay_(ctx: click.Context, app_name: str | None, broker: str | None, queue:
                 report = replay(store, publisher, chosen, progress=tick)
         except ReplayStopped as exc:
             _replayed(exc.report, len(letters), store.queue)
-            raise click.ClickException(f"{exc}; the rest are still in "
-                                       f"{printable(store.queue)}") from exc
+            raise click.ClickException(printable(f"{exc}; the rest are still in "
+                                                 f"{store.queue}")) from exc
         except PolicyError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(printable(str(exc))) from exc
         finally:
             if publisher.connection is not connection:
                 publisher.close()
