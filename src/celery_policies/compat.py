@@ -189,6 +189,16 @@ def redis_queue_keys(channel: Any, queue: str) -> list[str]:
                               for step in channel.priority_steps))
 
 
+def redis_server_keys(channel: Any, queue: str) -> list[str]:
+    """The keys of ``redis_queue_keys`` as the Redis server names them, for a Lua script.
+
+    With the ``global_keyprefix`` transport option (kombu 5.3+), kombu's client adds the
+    prefix to the keys of the commands it lists (``GlobalKeyPrefixMixin``), not to ``EVAL``'s
+    (and to ``EVALSHA``'s first key only): a script is given the prefixed names."""
+    prefix = getattr(channel, "global_keyprefix", "") or ""
+    return [prefix + key for key in redis_queue_keys(channel, queue)]
+
+
 def redis_sweep_period(transport_options: dict[str, Any]) -> float:
     """Seconds between kombu's sweeps of unacknowledged Redis messages back to their queue,
     with these transport options."""

@@ -31,6 +31,7 @@ from kombu.messaging import Producer
 from kombu.serialization import loads
 
 from .retrying import FIRST_ATTEMPT_HEADER
+from .trimming import Trimmed, limit_arguments, trim
 
 #: kombu's message header naming the compression of the body (kombu/messaging.py,
 #: ``Producer._prepare``); kombu's ``Message`` decompresses the body when it is set.
@@ -198,13 +199,32 @@ class DeadLetter:
     def replay(self, *, new_id: bool = False) -> Envelope:
         """The message to put back on a work queue: the original, with a fresh retry budget
         (``retries`` 0, no first-attempt time), no ``eta`` or ``expires`` (an expired task
-        would be discarded unrun), and the replay counted."""
+        would be discarded unrun), and the replay counted.
+
+        Raises ``ValueError`` naming the header at fault when the letter is not one a worker
+        could run again: unreadable, no failure record, no task name or id, a replay count or
+        priority that is not a whole number."""
+        if self.problem is not None:
+            raise ValueError(self.problem)
         envelope = self.envelope
+        # Task protocol 2 names the task and its id in headers; protocol 1 in the body, and
+        # has neither header.
+        protocol_2 = "task" in envelope.headers or "id" in envelope.headers
+        for name, what in (("task", "a task name"), ("id", "a task id")):
+            value = envelope.headers.get(name)
+            if protocol_2 and (not isinstance(value, str) or not value):
+                raise ValueError(f"header {name!r} is {_shown(value)}, not {what}")
+        if not isinstance(envelope.headers.get(FAILURE_HEADER), dict):
+            raise ValueError(f"header {FAILURE_HEADER!r} is "
+                             f"{_shown(envelope.headers.get(FAILURE_HEADER))}, not a record")
+        replays = _count(envelope.headers.get(REPLAYS_HEADER), REPLAYS_HEADER)
+        priority = self.failure.get("priority")
+        if priority is not None:
+            _count(priority, f"{FAILURE_HEADER}.priority")
         headers = {k: v for k, v in envelope.headers.items() if k not in RUN_HEADERS}
         headers.update(retries=0, eta=None, expires=None)
-        headers[REPLAYS_HEADER] = int(headers.get(REPLAYS_HEADER) or 0) + 1
+        headers[REPLAYS_HEADER] = replays + 1
         properties = dict(envelope.properties)
-        priority = self.failure.get("priority")
         if priority is not None:
             properties["priority"] = priority
         if new_id:
@@ -221,6 +241,23 @@ class DeadLetter:
         return queue if isinstance(queue, str) and queue else None
 
 
+def _count(value: Any, name: str) -> int:
+    """A header holding a count: absent (0) or a whole number >= 0."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"header {name!r} is {_shown(value)}, not a whole number >= 0")
+    return value
+
+
+def _shown(value: Any) -> str:
+    """A header value as an error message quotes it: its type, and the start of its repr."""
+    if value is None:
+        return "missing"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
 class Publisher:
     """Publishes envelopes to queues by name, declaring each queue durable the first time.
 
@@ -234,14 +271,33 @@ class Publisher:
                 **(connection.transport_options or {}), "confirm_publish": True})
         self.connection = connection
         self._declared: set[str] = set()
+        #: queue -> the length limit RabbitMQ keeps for it (None: none we can rely on)
+        self._limited: dict[str, int | None] = {}
         self._lock = threading.Lock()
 
     def publish(self, envelope: Envelope, queue: str,
-                retry_policy: dict[str, Any] | None = None, *, declare: bool = True) -> None:
-        """Publish ``envelope`` to ``queue`` (declared first unless ``declare`` is false);
-        retry as ``retry_policy`` says (kombu's ``ensure`` keys), then raise."""
+                retry_policy: dict[str, Any] | None = None, *, declare: bool = True,
+                max_length: int | None = None) -> None:
+        """Publish ``envelope`` to ``queue`` (declared first unless ``declare`` is false,
+        on RabbitMQ with ``max_length`` as its limit when it is new); retry as
+        ``retry_policy`` says (kombu's ``ensure`` keys), then raise."""
         with self._connected(retry_policy) as policy:
-            self.connection.ensure(self, self._publish, **policy)(envelope, queue, declare)
+            self.connection.ensure(self, self._publish, **policy)(envelope, queue, declare,
+                                                                  max_length)
+
+    def trim(self, queue: str, max_length: int) -> Trimmed:
+        """Drop the oldest messages of ``queue`` over ``max_length`` (``trimming.trim``)."""
+        with self._lock:
+            return trim(self.connection, queue, max_length,
+                        broker_limited=self._limited.get(queue) == max_length)
+
+    def broker_limited(self, queue: str) -> bool | None:
+        """Whether RabbitMQ keeps ``queue``'s length limit itself: True when this publisher
+        declared it with one or found it with the same, False when it exists without (or with
+        another), None when the queue was not declared with a limit here."""
+        if queue not in self._limited:
+            return None
+        return self._limited[queue] is not None
 
     def send_task(self, app: Any, name: str, kwargs: dict[str, Any],
                   retry_policy: dict[str, Any] | None = None) -> None:
@@ -270,11 +326,15 @@ class Publisher:
     def revive(self, channel: Any) -> None:
         """Called by kombu's ``ensure`` after reconnecting."""
         self._declared.clear()
+        self._limited.clear()
 
-    def _publish(self, envelope: Envelope, queue: str, declare: bool) -> None:
+    def _publish(self, envelope: Envelope, queue: str, declare: bool,
+                 max_length: int | None = None) -> None:
         channel = self.connection.default_channel
         if declare and queue not in self._declared:
-            declare_queue(self.connection, queue)
+            limited = declare_queue(self.connection, queue, max_length)
+            if max_length is not None and self.connection.transport.driver_type == "amqp":
+                self._limited[queue] = max_length if limited else None
             self._declared.add(queue)
         Producer(channel).publish(
             envelope.body, exchange="", routing_key=queue, serializer=None,
@@ -282,32 +342,32 @@ class Publisher:
             content_encoding=envelope.content_encoding or "binary",
             headers=envelope.headers, delivery_mode=2, **envelope.properties)
 
-    def queue_size(self, queue: str) -> int:
-        with self._lock:
-            return queue_size(self.connection, queue)
-
-    def drop_oldest(self, queue: str, count: int) -> list[DeadLetter]:
-        """Remove the ``count`` oldest messages of ``queue``; return what was removed."""
-        dropped = []
-        with self._lock, self.connection.channel() as channel:
-            bound = Queue(queue)(channel)
-            for _ in range(count):
-                message = bound.get(no_ack=True)
-                if message is None:
-                    break
-                dropped.append(DeadLetter(Envelope.of(message)))
-        return dropped
-
     def close(self) -> None:
         self.connection.release()
 
 
-def declare_queue(connection: Connection, name: str) -> None:
+def declare_queue(connection: Connection, name: str, max_length: int | None = None) -> bool:
     """Make sure queue ``name`` exists: used as it is if it does (its arguments may differ
-    from ours: declaring it again with other arguments fails), else declared durable."""
+    from ours: declaring it again with other arguments fails), else declared durable, on
+    RabbitMQ with ``max_length`` as its limit. True when RabbitMQ keeps that limit for it."""
+    amqp = connection.transport.driver_type == "amqp"
+    arguments = limit_arguments(max_length) if amqp and max_length is not None else None
     if not _exists(connection, name):
         with connection.channel() as channel:
-            Queue(name, durable=True, auto_delete=False)(channel).declare()
+            Queue(name, durable=True, auto_delete=False,
+                  queue_arguments=arguments)(channel).declare()
+        return arguments is not None
+    if arguments is None:
+        return False
+    # RabbitMQ accepts declaring an existing queue again only with its very arguments: the
+    # way to ask whether it has ours (PRECONDITION_FAILED closes that channel otherwise).
+    with connection.channel() as channel:
+        try:
+            Queue(name, durable=True, auto_delete=False,
+                  queue_arguments=arguments)(channel).declare()
+            return True
+        except connection.channel_errors:
+            return False
 
 
 def queue_size(connection: Connection, name: str) -> int:

@@ -1,8 +1,9 @@
 """The dead-letter tools: select, replay and purge, on any store (``stores.py``).
 
 Replay is at least once: each dead letter is published to its queue, the publish confirmed,
-and only then removed from the dead-letter queue. A crash in between can leave a message in
-both places (it runs twice), never in neither.
+and only then removed from the dead-letter queue, before the next one. A crash in between can
+leave that one message in both places (it runs twice), never in neither. A dead letter that
+cannot be replayed (unreadable, malformed headers, no queue) is skipped with a reason.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from .deadletter import DeadLetter, Publisher, matches_exception
+from .deadletter import DeadLetter, Envelope, Publisher, matches_exception
 from .errors import PolicyError
 from .stores import Store
 
-#: Replay publishes this many dead letters, then removes them from the queue in one go.
-REPLAY_BATCH = 200
+#: Why a dead letter with no recorded queue is not replayed without ``--to-queue``.
+NO_QUEUE = "no original queue recorded (use --to-queue)"
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,50 @@ def select(store: Store, filters: Filters = Filters(), limit: int | None = None,
     return chosen
 
 
+@dataclass(frozen=True)
+class Move:
+    """One dead letter to replay: the message to publish and where."""
+
+    letter: DeadLetter
+    message: Envelope
+    queue: str
+
+
+@dataclass
+class Plan:
+    """What a replay does: the letters it moves, and those it leaves, each with why."""
+
+    moves: list[Move] = field(default_factory=list)
+    skipped: list[tuple[DeadLetter, str]] = field(default_factory=list)
+
+    def targets(self) -> Counter[str]:
+        """How many dead letters go to each queue."""
+        return Counter(move.queue for move in self.moves)
+
+
+def plan(letters: Iterable[DeadLetter], to_queue: str | None = None,
+         new_id: bool = False) -> Plan:
+    """Sort ``letters`` into those replay publishes (each message built now) and those it
+    skips: unreadable (``problem``), malformed (a header a worker could not use), or with no
+    queue to go back to. One bad letter never stops the others."""
+    chosen = Plan()
+    for letter in letters:
+        if letter.problem is not None:
+            chosen.skipped.append((letter, f"unreadable: {letter.problem}"))
+            continue
+        try:
+            message = letter.replay(new_id=new_id)
+        except Exception as exc:  # whatever a hostile header makes of it: never abort
+            chosen.skipped.append((letter, str(exc) or type(exc).__name__))
+            continue
+        queue = to_queue or letter.origin()
+        if queue is None:
+            chosen.skipped.append((letter, NO_QUEUE))
+        else:
+            chosen.moves.append(Move(letter, message, queue))
+    return chosen
+
+
 @dataclass
 class ReplayReport:
     """What a replay did: how many went to each queue, and which could not be replayed."""
@@ -87,39 +132,43 @@ class ReplayReport:
         return sum(self.queues.values())
 
 
-def targets(letters: Iterable[DeadLetter], to_queue: str | None) -> Counter[str]:
-    """How many dead letters go to each queue (letters with no queue are left out)."""
-    queues = (to_queue or letter.origin() for letter in letters)
-    return Counter(queue for queue in queues if queue)
+class ReplayStopped(PolicyError):
+    """A publish or a removal failed: the replay stopped there. ``report`` says what was
+    done; every letter replayed was removed, the rest are still in the queue."""
+
+    def __init__(self, message: str, report: ReplayReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
-def replay(store: Store, publisher: Publisher, letters: Sequence[DeadLetter], *,
-           to_queue: str | None = None, new_id: bool = False,
+def replay(store: Store, publisher: Publisher, chosen: Plan,
            progress: Callable[[int], None] = lambda done: None) -> ReplayReport:
-    """Put ``letters`` back on their original queue (or ``to_queue``), then remove them.
+    """Publish each move of ``chosen``, and remove its letter from the dead-letter queue as
+    soon as the publish is confirmed, so that a replay stopped half-way (a broker error, a
+    kill) leaves only what was not replayed, and running it again replays nothing twice.
 
     RabbitMQ drops a message published to a queue that does not exist, so every target queue
     must exist first; it is never created here (workers declare their queues themselves).
     """
-    missing = publisher.missing(targets(letters, to_queue))
+    missing = publisher.missing(chosen.targets())
     if missing:
         raise PolicyError(f"no such queue on the broker: {', '.join(sorted(missing))}; start "
                           "a worker that consumes it, or choose another with --to-queue")
-    report = ReplayReport()
-    done: list[DeadLetter] = []
-    for count, letter in enumerate(letters, 1):
-        queue = to_queue or letter.origin()
-        if queue is None:
-            report.skipped.append((letter, "no original queue recorded (use --to-queue)"))
-        else:
-            publisher.publish(letter.replay(new_id=new_id), queue, declare=False)
-            report.queues[queue] += 1
-            done.append(letter)
-        if len(done) >= REPLAY_BATCH:
-            store.remove(done)
-            done.clear()
+    report = ReplayReport(skipped=list(chosen.skipped))
+    for count, move in enumerate(chosen.moves, 1):
+        try:
+            publisher.publish(move.message, move.queue, declare=False)
+        except Exception as exc:
+            raise ReplayStopped(f"could not publish {move.letter.task}[{move.letter.id}] to "
+                                f"{move.queue}: {exc}", report) from exc
+        report.queues[move.queue] += 1
+        try:
+            store.remove([move.letter])
+        except Exception as exc:
+            raise ReplayStopped(f"replayed {move.letter.task}[{move.letter.id}] to "
+                                f"{move.queue} but could not remove it from {store.queue} "
+                                f"(it is now in both): {exc}", report) from exc
         progress(count)
-    store.remove(done)
     return report
 
 

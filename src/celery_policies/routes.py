@@ -42,6 +42,7 @@ from .compat import (
 )
 from .deadletter import (
     MESSAGE_LIMIT,
+    DeadLetter,
     Envelope,
     Publisher,
     clip_traceback,
@@ -57,6 +58,17 @@ log = logging.getLogger("celery_policies")
 
 #: The CRITICAL line of a route that could not be taken: what, why, and the message as JSON.
 REDO_FORMAT = "could not %s (%r); to redo it by hand: %s"
+#: The WARNING naming a dead letter dropped to keep its queue at max_length.
+DROPPED_FORMAT = ("dead-letter queue %s is over max_length %d: dropped its oldest dead letter, "
+                  "%s[%s] (failed at %s)")
+#: The WARNING of a RabbitMQ queue at its x-max-length: RabbitMQ drops without naming.
+FULL_FORMAT = ("dead-letter queue %s is full (max_length %d): RabbitMQ drops its oldest dead "
+               "letter for each new one, and does not say which")
+#: The WARNING, once per queue, of a RabbitMQ queue that exists without our x-max-length.
+UNLIMITED_FORMAT = ("dead-letter queue %s exists without the RabbitMQ limit max_length %d "
+                    "asks for (x-max-length, set only when a queue is declared; it has none "
+                    "or another): the workers drop its surplus themselves; delete the empty "
+                    "queue to let RabbitMQ do it")
 #: Told of every final failure once its routes were tried: (request, exc, reason, all taken).
 FinalHook = Callable[[Any, BaseException, str, bool], None]
 
@@ -82,6 +94,7 @@ class FailureRouter:
         self.retry_policy_for = retry_policy_for
         self.max_length = max_length
         self._publisher: Publisher | None = None
+        self._told: set[str] = set()
 
     @property
     def publisher(self) -> Publisher:
@@ -155,15 +168,32 @@ class FailureRouter:
                 "exception_message": failure["exception_message"]}
 
     def _dead_letter(self, envelope: Envelope, queue: str, policy: dict[str, Any]) -> None:
-        self.publisher.publish(envelope, queue, policy)
-        if self.max_length is None:
+        self.publisher.publish(envelope, queue, policy, max_length=self.max_length)
+        if self.max_length is not None:
+            self._trim(queue, self.max_length)
+
+    def _trim(self, queue: str, max_length: int) -> None:
+        """Keep ``queue`` at ``max_length`` (``trimming.py``), naming what is dropped. The
+        dead letter is stored by now: a failure here is logged, never the route's."""
+        if self.publisher.broker_limited(queue) is False and queue not in self._told:
+            self._told.add(queue)
+            log.warning(UNLIMITED_FORMAT, queue, max_length)
+        try:
+            trimmed = self.publisher.trim(queue, max_length)
+        except Exception as error:
+            log.warning("could not keep dead-letter queue %s at max_length %d (%r); it is "
+                        "trimmed again after its next dead letter", queue, max_length, error)
             return
-        excess = self.publisher.queue_size(queue) - self.max_length
-        if excess > 0:
-            for old in self.publisher.drop_oldest(queue, excess):
-                log.warning("dead-letter queue %s is over max_length %d: dropped its oldest "
-                            "dead letter, %s[%s] (failed at %s)", queue, self.max_length,
-                            old.task, old.id, old.failure.get("failed_at"))
+        for old in trimmed.dropped:
+            try:
+                letter = DeadLetter(Envelope.of(old))
+                log.warning(DROPPED_FORMAT, queue, max_length, letter.task, letter.id,
+                            letter.failure.get("failed_at"))
+            except Exception:
+                log.warning(DROPPED_FORMAT, queue, max_length, "an unreadable message", "?",
+                            "?")
+        if trimmed.full:
+            log.warning(FULL_FORMAT, queue, max_length)
 
     def _callback(self, name: str, request: Any, failure: dict[str, Any],
                   policy: dict[str, Any]) -> None:

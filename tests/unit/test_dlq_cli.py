@@ -28,7 +28,6 @@ from celery import Celery
 from click.testing import CliRunner, Result
 from kombu.compression import compress, get_encoder
 
-import celery_policies.dlq
 from celery_policies.cli import policies
 from celery_policies.deadletter import FAILURE_HEADER, Envelope, Publisher, dead_letter, now_iso
 
@@ -344,13 +343,27 @@ def test_replayed_messages_keep_their_body_and_get_a_fresh_retry_budget(
     assert message["properties"]["correlation_id"] == task_id
 
 
-def test_replay_removes_every_letter_when_it_takes_several_batches(
+def test_replay_stopped_by_a_broker_error_has_removed_every_letter_it_replayed(
         broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(celery_policies.dlq, "REPLAY_BATCH", 2)
-    broker.fabricate(5)
+    """Each letter leaves the queue right after its publish: a rerun replays none twice."""
+    ids = broker.fabricate_in_order(5)
+    publish = Publisher.publish
+    calls = []
+
+    def flaky(self: Publisher, *args: Any, **kwargs: Any) -> None:
+        calls.append(args)
+        if len(calls) == 3:
+            raise ConnectionError("connection reset by peer")
+        publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(Publisher, "publish", flaky)
     result = on_app("replay", "--yes")
-    assert "Replayed 5 of 5 dead letters (5 to work)" in result.stdout
-    assert (len(broker.files("work")), broker.files(DLQ)) == (5, [])
+    assert result.exit_code == 1
+    assert "Replayed 2 of 5 dead letters (2 to work)" in result.stdout
+    assert (f"Error: could not publish proj.add[{ids[2]}] to work: connection reset by peer; "
+            f"the rest are still in {DLQ}") in result.stderr
+    assert sorted(m["headers"]["id"] for m in broker.messages("work")) == sorted(ids[:2])
+    assert sorted(m["headers"]["id"] for m in broker.messages(DLQ)) == sorted(ids[2:])
 
 
 def test_replay_reports_its_progress_on_stderr(broker: Broker) -> None:

@@ -15,9 +15,10 @@ from kombu.connection import Connection
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from ..deadletter import DeadLetter, Publisher
-from ..dlq import Filters, purge, replay, select, targets
+from ..dlq import Filters, ReplayReport, ReplayStopped, plan, purge, replay, select
 from ..durations import parse_duration
 from ..errors import PolicyError, PolicyFileError
 from ..explain import dead_letter_queue
@@ -26,6 +27,7 @@ from ..model import DEFAULT_DEAD_LETTER_QUEUE
 from ..runtime import locate_file
 from ..stores import Store, open_store
 from ._common import console, find_app
+from ._render import cell, printable
 
 
 def _source(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -116,12 +118,12 @@ def _table(letters: Sequence[DeadLetter]) -> Table:
         table.add_column(column, no_wrap=column == "id")
     for letter in letters:
         if letter.problem is not None:
-            table.add_row("-", "(unreadable)", letter.problem, "-", "-", "-")
+            table.add_row("-", "(unreadable)", cell(letter.problem), "-", "-", "-")
             continue
         failure = letter.failure
         exception = str(failure.get("exception") or "-").rpartition(".")[2]
-        table.add_row(letter.id, letter.task, str(failure.get("reason") or "-"), exception,
-                      str(failure.get("retries", "-")), _when(letter))
+        table.add_row(cell(letter.id), cell(letter.task), cell(failure.get("reason") or "-"),
+                      cell(exception), cell(failure.get("retries", "-")), cell(_when(letter)))
     return table
 
 
@@ -136,7 +138,7 @@ def _count(letters: Sequence[DeadLetter]) -> str:
 def _problems(letters: Sequence[DeadLetter], shown: int = 3) -> str:
     """``entry 3: not JSON (412 bytes); entry 7: ...``."""
     more = "; ..." if len(letters) > shown else ""
-    return "; ".join(str(letter.problem) for letter in letters[:shown]) + more
+    return printable("; ".join(str(letter.problem) for letter in letters[:shown]) + more)
 
 
 def _passed_over(letters: Sequence[DeadLetter]) -> None:
@@ -174,8 +176,8 @@ def list_(ctx: click.Context, app_name: str | None, broker: str | None, queue: s
     out = console()
     out.print(_table(letters))
     broken = sum(letter.problem is not None for letter in letters)
-    out.print(f"{_plural(len(letters))} in {store.queue}"
-              + (f" ({broken} unreadable)" if broken else ""), markup=False)
+    out.print(Text(f"{_plural(len(letters))} in {printable(store.queue)}"
+                   + (f" ({broken} unreadable)" if broken else "")))
 
 
 @dlq.command()
@@ -191,23 +193,27 @@ def show(ctx: click.Context, task_id: str, app_name: str | None, broker: str | N
     if not letters:
         unsearched = (f" ({_count(passed_over)} could not be searched: "
                       f"{_problems(passed_over)})" if passed_over else "")
-        raise click.ClickException(f"no dead letter of task {task_id} in {store.queue}"
-                                   + unsearched)
+        raise click.ClickException(printable(f"no dead letter of task {task_id} in "
+                                             f"{store.queue}{unsearched}"))
     out = console()
     for letter in letters:
         failure = letter.failure
         args, kwargs = letter.arguments()
-        out.print(f"{letter.task}[{letter.id}]", style="bold", markup=False)
+        # Text, not str: rich would read markup and :emoji: codes in a str, even with
+        # markup=False for the emoji; every field is escaped (docs/deadletters.md#show).
+        out.print(Text(printable(f"{letter.task}[{letter.id}]"), style="bold"))
         for key, value in failure.items():
             if key != "traceback":
-                out.print(f"  {key}: {value}", markup=False)
-        out.print(f"  args: {args!r}", markup=False)
-        out.print(f"  kwargs: {kwargs!r}", markup=False)
+                out.print(Text(printable(f"  {key}: {value}")))
+        out.print(Text(printable(f"  args: {args!r}")))
+        out.print(Text(printable(f"  kwargs: {kwargs!r}")))
         headers = {k: v for k, v in letter.envelope.headers.items()
                    if k != "celery_policies_failure"}
-        out.print(f"  headers: {json.dumps(headers, default=repr)}", markup=False)
-        out.print("  traceback:")
-        out.print(failure.get("traceback") or "  (none recorded)", markup=False)
+        out.print(Text(printable(f"  headers: {json.dumps(headers, default=repr)}")))
+        out.print(Text("  traceback:"))
+        traceback = failure.get("traceback")
+        out.print(Text(printable(str(traceback), lines=True) if traceback
+                       else "  (none recorded)"))
 
 
 @dlq.command(name="replay")
@@ -227,7 +233,9 @@ def replay_(ctx: click.Context, app_name: str | None, broker: str | None, queue:
     """Put dead letters back on their queue, removing each once its publish is confirmed.
 
     A replayed task gets a fresh retry budget (retries 0, no eta or expires) and keeps its id
-    unless --new-id. At least once: a crash can run a task twice, never lose it.
+    unless --new-id. At least once: a crash can run a task twice, never lose it. A dead
+    letter that cannot be replayed (unreadable, malformed, no queue) stays in the queue and
+    is listed on stderr with why; the exit status is then 1 (with --dry-run too).
     """
     with _open(ctx, app_name, broker, queue) as (store, connection):
         passed_over: list[DeadLetter] = []
@@ -235,34 +243,52 @@ def replay_(ctx: click.Context, app_name: str | None, broker: str | None, queue:
                          passed_over=passed_over)
         _passed_over(passed_over)
         if not letters:
-            click.echo(f"No dead letters to replay in {store.queue}.")
+            click.echo(f"No dead letters to replay in {printable(store.queue)}.")
             return
-        plan = ", ".join(f"{count} to {name}" for name, count in
-                         sorted(targets(letters, to_queue).items()))
-        click.echo(f"{_plural(len(letters))} to replay from {store.queue}: {plan}")
+        chosen = plan(letters, to_queue, new_id)
+        targets = ", ".join(f"{count} to {printable(name)}" for name, count in
+                            sorted(chosen.targets().items()))
+        skips = f"; {len(chosen.skipped)} to skip" if chosen.skipped else ""
+        click.echo(f"{_plural(len(chosen.moves))} to replay from {printable(store.queue)}: "
+                   f"{targets or 'none'}{skips}")
         if dry_run:
-            console().print(_table(letters))
+            console().print(_table([move.letter for move in chosen.moves]))
+            _skipped(chosen.skipped, "Would not replay")
             click.echo("Dry run: nothing was published or removed.")
+            if chosen.skipped:
+                sys.exit(1)
             return
-        if not yes:
+        if chosen.moves and not yes:
             click.confirm("Replay them?", abort=True)
         publisher = Publisher(connection)
         try:
-            with _progress(len(letters)) as tick:
-                report = replay(store, publisher, letters, to_queue=to_queue, new_id=new_id,
-                                progress=tick)
+            with _progress(len(chosen.moves)) as tick:
+                report = replay(store, publisher, chosen, progress=tick)
+        except ReplayStopped as exc:
+            _replayed(exc.report, len(letters), store.queue)
+            raise click.ClickException(printable(f"{exc}; the rest are still in "
+                                                 f"{store.queue}")) from exc
         except PolicyError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(printable(str(exc))) from exc
         finally:
             if publisher.connection is not connection:
                 publisher.close()
-    done = ", ".join(f"{count} to {name}" for name, count in sorted(report.queues.items()))
-    click.echo(f"Replayed {report.replayed} of {_plural(len(letters))} ({done or 'none'}); "
-               f"removed them from {store.queue}.")
-    for letter, why in report.skipped:
-        click.echo(f"Not replayed: {letter.task}[{letter.id}]: {why}", err=True)
+    _replayed(report, len(letters), store.queue)
+    _skipped(report.skipped, "Not replayed")
     if report.skipped:
         sys.exit(1)
+
+
+def _replayed(report: ReplayReport, total: int, queue: str) -> None:
+    done = ", ".join(f"{count} to {printable(name)}"
+                     for name, count in sorted(report.queues.items()))
+    click.echo(f"Replayed {report.replayed} of {_plural(total)} ({done or 'none'}); "
+               f"removed them from {printable(queue)}.")
+
+
+def _skipped(skipped: Sequence[tuple[DeadLetter, str]], prefix: str) -> None:
+    for letter, why in skipped:
+        click.echo(printable(f"{prefix}: {letter.task}[{letter.id}]: {why}"), err=True)
 
 
 @dlq.command(name="purge")
@@ -286,13 +312,13 @@ def purge_(ctx: click.Context, app_name: str | None, broker: str | None, queue: 
     with _open(ctx, app_name, broker, queue) as (store, _):
         letters = select(store, filters, passed_over=passed_over)
         _passed_over(passed_over)
-        click.echo(f"{_plural(len(letters))} match in {store.queue}.")
+        click.echo(f"{_plural(len(letters))} match in {printable(store.queue)}.")
         if not letters:
             return
         if not yes:
             click.confirm("Delete them for good?", abort=True)
         deleted = purge(store, letters)
-    click.echo(f"Deleted {_plural(deleted)} from {store.queue}.")
+    click.echo(f"Deleted {_plural(deleted)} from {printable(store.queue)}.")
 
 
 @contextmanager
