@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
+from ._regex import regex_problem
+
 REGEX_PREFIX = "re:"
 #: How many distinct patterns ``parse_pattern`` keeps compiled. Python's own ``re`` cache holds
 #: only 512, so a file with more patterns was compiled again by every ``Matcher``.
@@ -108,6 +110,9 @@ def _parse(text: str) -> Pattern:
             compiled = re.compile(source)
         except re.error as exc:
             raise ValueError(f"bad regular expression {source!r}: {exc}") from None
+        problem = regex_problem(source)
+        if problem is not None:
+            raise ValueError(problem)
         return Pattern(text, Kind.REGEX, compiled, 0, "", "", "")
     if any(c.isspace() for c in text):
         raise ValueError(f"a task-name pattern has no spaces, got {text!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 import yaml
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from celery_policies import Matcher, parse_policies
 from celery_policies.patterns import Kind, parse_pattern
-from tests.conftest import load
+from tests.conftest import load, problems
 
 
 def resolve(text: str, name: str) -> dict[str, object]:
@@ -180,3 +181,41 @@ def test_resolving_in_bulk_agrees_with_resolving_one_by_one(
     assert sorted(bulk) == sorted(set(names))
     for name in names:
         assert bulk[name] == matcher.resolve(name)
+
+
+@pytest.mark.parametrize(("regex", "reason"), [
+    (r"(a+)+$", "nested quantifier"),
+    (r"(\w+\.?)+_task", "nested quantifier"),
+    (r"(?:a*)*b", "nested quantifier"),
+    (r"(a{1,3}){2,}", "nested quantifier"),
+    (r"(?:x?){30}x{30}", "nested quantifier"),
+    (r"(?:(?=\w+)x)+", "nested quantifier"),
+    (r"(?:\d\d|[0-9])+x", "alternatives that can match the same text"),
+    (r"(?:ab|a)*c", "alternatives that can match the same text"),
+    (r"(?:shop\.|\w+)+", "alternatives that can match the same text"),
+    (r".*a.*a.*a.*a.*b", "more than 4 quantifiers"),
+])
+def test_regexes_that_can_backtrack_for_ages_are_refused(regex: str, reason: str) -> None:
+    """Python's re backtracks: these take seconds to hours on one task name."""
+    lines = problems(f"version: 1\npolicies:\n  - match: 're:{regex}'\n")
+    assert len(lines) == 1
+    assert lines[0].startswith("policies.yaml:3:12: policies[0].match[0]: ")
+    assert reason in lines[0]
+
+
+@pytest.mark.parametrize("regex", [
+    r"shop\..*", r"(shop|billing)\.[a-z_]+\.send_\w+", r"[a-z]+\.tasks\.(?:send|charge)_\w+",
+    r"shop\.(?:emails|billing)\..+_v\d+", r"(?:ab)+", r"(?:a{2})+", r"(?:foo\.|bar\.)+x",
+    r"x(?:\.v[0-9]){1,3}", r"\w+\.\w+\.\w+\.\w+", r"(\w|_)+$",
+])
+def test_ordinary_regexes_are_accepted(regex: str) -> None:
+    assert parse_pattern(f"re:{regex}").kind is Kind.REGEX
+
+
+def test_the_worst_accepted_regex_matches_a_long_name_quickly() -> None:
+    """Four overlapping quantifiers on a 200-character name that almost matches: polynomial,
+    and bounded by the quantifier limit. A hang guard, not a timing goal."""
+    pattern = parse_pattern(r"re:.*a.*a.*a.*b")
+    started = time.perf_counter()
+    assert not pattern.matches("a" * 200)
+    assert time.perf_counter() - started < 5.0
