@@ -90,6 +90,10 @@ def _glob_literals(text: str) -> tuple[int, str, str, str]:
     return literal, text[:first], text[last:], max([*runs, run], key=len)
 
 
+def _shorten(text: str, limit: int = 60) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}..."
+
+
 def parse_pattern(text: str) -> Pattern:
     """Check and compile one pattern; raise ``ValueError`` naming what is wrong.
 
@@ -108,9 +112,11 @@ def _parse(text: str) -> Pattern:
             raise ValueError("empty regular expression after 're:'")
         try:
             compiled = re.compile(source)
+            problem = regex_problem(source)
         except re.error as exc:
             raise ValueError(f"bad regular expression {source!r}: {exc}") from None
-        problem = regex_problem(source)
+        except RecursionError:  # CPython's regex parser recurses once per nested group
+            raise ValueError(f"regular expression {_shorten(source)} nests too deeply") from None
         if problem is not None:
             raise ValueError(problem)
         return Pattern(text, Kind.REGEX, compiled, 0, "", "", "")

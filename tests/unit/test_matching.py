@@ -219,3 +219,11 @@ def test_the_worst_accepted_regex_matches_a_long_name_quickly() -> None:
     started = time.perf_counter()
     assert not pattern.matches("a" * 200)
     assert time.perf_counter() - started < 5.0
+
+
+@pytest.mark.parametrize("depth", [1000, 5000])
+def test_a_regex_nested_too_deeply_is_a_located_error_not_a_crash(depth: int) -> None:
+    """CPython's regex parser recurses per group: deep nesting raised RecursionError."""
+    [line] = problems(f"version: 1\npolicies:\n  - match: 're:{'(' * depth}a{')' * depth}'\n")
+    assert line.startswith("policies.yaml:3:12: policies[0].match[0]: regular expression ")
+    assert "nests too deeply" in line
