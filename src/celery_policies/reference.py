@@ -137,9 +137,14 @@ def _language() -> list[str]:
         "`(x?){30}`;",
         "- such a quantifier around alternatives that can start with the same character, or "
         "match nothing: `(\\d\\d|[0-9])+`, `(ab|a)*`, `(shop\\.|\\w+)+`;",
-        f"- more than {_regex.MAX_REGEX_QUANTIFIERS} quantifiers of varying length (`*`, `+`, "
-        "`?`, `{m,n}`) in all, which bounds what backtracking remains: a regex that passes "
-        "costs at most in the order of n**4 steps on an n-character name.", "",
+        "- quantifiers in a row that can match the same characters, and so trade them back "
+        f"and forth, in more than {_regex.MAX_REGEX_SPLITS:,} ways on a "
+        f"{_regex.NAME_LENGTH}-character name, counting {_regex.NAME_LENGTH} for each `*` or "
+        "`+`, 2 for a `?` and n-m+1 for `{m,n}`, multiplied: `.*a.*a.*b` (a million) passes, "
+        "`.*a.*a.*a.*b` and `\\w+\\w+\\w+\\w+_task` do not. A character that none of the "
+        "quantifiers before it can match ends the row, so `[a-z]+\\.[a-z]+\\.[a-z]+\\.[a-z]+` "
+        "is four rows of a hundred. What backtracking remains takes at most a fraction of a "
+        "second on one name.", "",
         "The check is deliberately cautious and fixed. Where it refuses a pattern you know is "
         "safe, write it differently (`[\\w.]+\\.send` for `(\\w+\\.)+send`) or use "
         "globs: a glob (`shop.*.send_*`, or a list of them) never backtracks this way, whatever "
@@ -162,8 +167,8 @@ def _language() -> list[str]:
         f"| aliases and merge keys (`<<`) | together add at most {_yaml.MAX_ALIAS_NODES} nodes: "
         "each node an alias repeats and each key a merge copies counts one |",
         f"| `${{...}}` in a default | nested at most {_yaml.MAX_ENV_NESTING} deep |",
-        f"| a `re:` pattern | at most {_regex.MAX_REGEX_QUANTIFIERS} quantifiers of varying "
-        "length, none nested (above) |", "",
+        f"| a `re:` pattern | no nested quantifiers; at most {_regex.MAX_REGEX_SPLITS:,} ways "
+        "to split a name (above) |", "",
         "No retry delay, time limit or deadline needs more than a year, and Celery cannot use "
         "much more: it turns a countdown into an ETA with `now + timedelta(seconds=...)`, "
         "which fails past the year 9999, and Python's thread waits refuse more than about "
