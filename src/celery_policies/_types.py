@@ -11,7 +11,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, WithJsonSchema
 
-from .durations import DURATION_PATTERN, MAX_DURATION_SECONDS, DurationTooLong, parse_duration
+from .durations import (
+    DURATION_PATTERN,
+    MAX_DURATION_SECONDS,
+    DurationTooLong,
+    format_duration,
+    parse_duration,
+)
 from .lintcodes import CODES_BY_NAME, RULES
 
 #: The spelling of "no limit" for ``max_retries`` and ``max_redeliveries``.
@@ -29,7 +35,8 @@ _DURATION_SCHEMA: dict[str, Any] = {
         {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_SECONDS},
         {"type": "string", "pattern": DURATION_PATTERN},
     ],
-    "description": "seconds, or a duration like 500ms, 30s, 5m, 2h, 1d; at most 365d",
+    "description": "seconds, or a duration like 500ms, 30s, 5m, 2h, 1d; at most "
+                   f"{format_duration(MAX_DURATION_SECONDS)}",
 }
 
 

@@ -27,7 +27,6 @@ EXPECTED = "expected a duration like 30s or 5m"
 #: than ``threading.TIMEOUT_MAX`` (about 292 years on 64-bit Linux). A year is far below both,
 #: and far above any retry delay, time limit or deadline that means something for a task.
 MAX_DURATION_SECONDS = 365 * 86400.0
-_MAX_TEXT = "365d"
 
 
 class DurationTooLong(ValueError):
@@ -65,8 +64,8 @@ def parse_duration(value: object) -> float:
     if seconds <= 0:
         raise ValueError(f"a duration must be more than zero, got {_shown(value)}")
     if seconds > MAX_DURATION_SECONDS:
-        raise DurationTooLong(f"a duration may be at most {_MAX_TEXT} ({MAX_DURATION_SECONDS:.0f} "
-                         f"seconds), got {_shown(value)}")
+        raise DurationTooLong(f"a duration may be at most {format_duration(MAX_DURATION_SECONDS)} "
+                              f"({MAX_DURATION_SECONDS:.0f} seconds), got {_shown(value)}")
     return seconds
 
 
