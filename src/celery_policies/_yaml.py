@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - depends on how PyYAML was built
 MAX_ALIAS_NODES = 10_000
 #: How deeply ``${NAME:-default}`` references may nest in one another's defaults.
 MAX_ENV_NESTING = 4
-#: How deeply mappings and lists may nest.
+#: How deeply mappings and lists may nest, and merges (``<<``) of merges.
 MAX_DEPTH = 64
 
 _TAG = "tag:yaml.org,2002:"
@@ -161,6 +161,9 @@ class _Builder:
         for source in sources:
             if not isinstance(source, MappingNode):
                 continue
+            if len(into) >= MAX_DEPTH:
+                raise _TooLarge(merge_key, f"merges ('<<') nest deeper than {MAX_DEPTH} levels",
+                                path)
             if id(source) in into or id(source) in self.open:
                 raise _TooLarge(merge_key, "an alias refers to a node that contains it "
                                            "(recursive alias)", path)
@@ -275,4 +278,7 @@ def parse(text: str, environ: Mapping[str, str] | None = None) -> Document:
     except _TooLarge as exc:
         doc.data = None
         doc.problems.append((exc.path, _position(exc.node), str(exc)))
+    except RecursionError:  # a last resort: every way to nest is capped above
+        doc.data = None
+        doc.problems.append(((), (1, 1), "the document nests too deeply to read"))
     return doc

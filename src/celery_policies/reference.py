@@ -163,7 +163,7 @@ def _language() -> list[str]:
         f"{durations.MAX_DURATION_SECONDS:.0f} seconds), and more than zero (a "
         "`publish_retry_policy` interval may be `0`) |",
         f"| the file | at most {loader.MAX_FILE_BYTES} bytes, UTF-8 |",
-        f"| nesting | {_yaml.MAX_DEPTH} levels of mappings and lists |",
+        f"| nesting | {_yaml.MAX_DEPTH} levels of mappings and lists, and of merges of merges |",
         f"| aliases and merge keys (`<<`) | together add at most {_yaml.MAX_ALIAS_NODES} nodes: "
         "each node an alias repeats and each key a merge copies counts one |",
         f"| `${{...}}` in a default | nested at most {_yaml.MAX_ENV_NESTING} deep |",

@@ -420,3 +420,17 @@ def test_a_number_too_big_for_a_float_is_a_located_error_not_a_crash() -> None:
     [line] = problems(f"version: 1\ndefaults:\n  time_limit: 1{'0' * 400}\n")
     assert line.startswith("policies.yaml:3:15: defaults.time_limit: a duration may be at most "
                            "365d (31536000 seconds), got 1000000")
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_merges_nested_hundreds_deep_are_a_located_error_not_a_crash(block: bool) -> None:
+    """Each '<<' of a '<<' was followed by recursion: 990 of them raised RecursionError."""
+    depth = 990
+    if block:
+        text = "version: 1\ndefaults:\n" + "".join(
+            "  " * (i + 1) + "<<:\n" for i in range(depth)) + "  " * (depth + 1) + "x: 1\n"
+    else:
+        text = "version: 1\ndefaults: " + "{<<: " * depth + "{x: 1}" + "}" * depth + "\n"
+    [line] = problems(text)
+    assert line.startswith("policies.yaml:")
+    assert "merges ('<<') nest deeper than 64 levels" in line
