@@ -16,6 +16,9 @@ from enum import IntEnum
 from ._regex import regex_problem
 
 REGEX_PREFIX = "re:"
+#: The longest pattern, in characters: far beyond any task name, and short enough that
+#: compiling and checking it take no time (both grow with the length: seconds at 100,000).
+MAX_PATTERN_LENGTH = 1000
 #: How many distinct patterns ``parse_pattern`` keeps compiled. Python's own ``re`` cache holds
 #: only 512, so a file with more patterns was compiled again by every ``Matcher``.
 PATTERN_CACHE_SIZE = 8192
@@ -101,6 +104,9 @@ def parse_pattern(text: str) -> Pattern:
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"expected a task-name pattern, got {text!r}")
+    if len(text) > MAX_PATTERN_LENGTH:
+        raise ValueError(f"a task-name pattern may be at most {MAX_PATTERN_LENGTH} characters, "
+                         f"got {len(text)}")
     return _parse(text)
 
 

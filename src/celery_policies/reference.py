@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
 
-from . import _regex, _yaml, durations, loader
+from . import _regex, _yaml, durations, loader, patterns
 from ._types import ACCEPTS
 from .model import (
     BrokerConfig,
@@ -167,6 +167,7 @@ def _language() -> list[str]:
         f"| aliases and merge keys (`<<`) | together add at most {_yaml.MAX_ALIAS_NODES} nodes: "
         "each node an alias repeats and each key a merge copies counts one |",
         f"| `${{...}}` in a default | nested at most {_yaml.MAX_ENV_NESTING} deep |",
+        f"| a pattern in `match` | at most {patterns.MAX_PATTERN_LENGTH} characters |",
         f"| a `re:` pattern | no nested quantifiers; at most {_regex.MAX_REGEX_SPLITS:,} ways "
         "to split a name (above) |", "",
         "No retry delay, time limit or deadline needs more than a year, and Celery cannot use "
