@@ -75,11 +75,11 @@ def regex_problem(source: str) -> str | None:
     try:
         check.nesting(tree, repeated=False)
     except _Finding as finding:
-        return f"regular expression {source!r} {finding}{_SUGGEST}"
+        return f"regular expression '{source}' {finding}{_SUGGEST}"
     splits = check.splits(tree)
     if splits > MAX_REGEX_SPLITS:
         shown = f"{splits:,}" if splits < _CAP else f"more than {_CAP:,}"
-        return (f"regular expression {source!r} has quantifiers in a row that can match the "
+        return (f"regular expression '{source}' has quantifiers in a row that can match the "
                 f"same characters: they can split a {NAME_LENGTH}-character task name in "
                 f"{shown} ways, more than {MAX_REGEX_SPLITS:,}, and matching may try them "
                 f"all{_SUGGEST}")
