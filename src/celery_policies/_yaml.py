@@ -75,9 +75,11 @@ class _Builder:
     def problem(self, path: DocPath, node: Node, message: str) -> None:
         self.doc.problems.append((path, _position(node), message))
 
-    def build(self, node: Node, path: DocPath, depth: int = 0) -> Any:
+    def build(self, node: Node, path: DocPath, depth: int = 0, *, counted: bool = False) -> Any:
+        """``counted``: ``node`` is the value of a merged key, already counted as one."""
         if id(node) in self.seen:
-            self.spend(1, node)
+            if not counted:
+                self.spend(1, node)
         else:
             self.seen.add(id(node))
         if depth > MAX_DEPTH:
@@ -143,7 +145,7 @@ class _Builder:
             if isinstance(key_node, ScalarNode) and key not in result:
                 child = (*path, key)
                 self.doc.keys[child] = _position(key_node)
-                result[key] = self.build(value_node, child, depth + 1)
+                result[key] = self.build(value_node, child, depth + 1, counted=True)
         return result
 
     def merge_entries(self, merge_key: Node, value: Node, path: DocPath,

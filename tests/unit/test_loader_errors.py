@@ -434,3 +434,16 @@ def test_merges_nested_hundreds_deep_are_a_located_error_not_a_crash(block: bool
     [line] = problems(text)
     assert line.startswith("policies.yaml:")
     assert "merges ('<<') nest deeper than 64 levels" in line
+
+
+def test_a_large_file_that_merges_a_base_into_every_policy_loads() -> None:
+    """800 policies merging a 10-key base copy 8,000 keys: within the budget, counted once
+    each (not once as a merged key and again as a repeated value)."""
+    base = ("defaults: &base {acks_late: true, max_retries: 2, retry_backoff: 1s, "
+            "retry_backoff_max: 1m, retry_jitter: full, time_limit: 1m, soft_time_limit: 50s, "
+            "reject_on_worker_lost: true, acks_on_failure_or_timeout: true, "
+            "default_retry_delay: 5s}\n")
+    policies = "".join(f"  - {{<<: *base, match: t{i}}}\n" for i in range(800))
+    loaded = load("version: 1\n" + base + "policies:\n" + policies)
+    assert len(loaded.model.policies) == 800
+    assert loaded.model.policies[-1].retry_backoff_max == 60.0
