@@ -11,7 +11,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, WithJsonSchema
 
-from .durations import DURATION_PATTERN, parse_duration
+from .durations import (
+    DURATION_PATTERN,
+    MAX_DURATION_SECONDS,
+    DurationTooLong,
+    format_duration,
+    parse_duration,
+)
 from .lintcodes import CODES_BY_NAME, RULES
 
 #: The spelling of "no limit" for ``max_retries`` and ``max_redeliveries``.
@@ -26,10 +32,11 @@ _EXCEPTION_SCHEMA: dict[str, Any] = {"type": "string",
                                      "pattern": f"^{_IDENTIFIER_PATH.pattern}$"}
 _DURATION_SCHEMA: dict[str, Any] = {
     "anyOf": [
-        {"type": "number", "exclusiveMinimum": 0},
+        {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION_SECONDS},
         {"type": "string", "pattern": DURATION_PATTERN},
     ],
-    "description": "seconds, or a duration like 500ms, 30s, 5m, 2h, 1d",
+    "description": "seconds, or a duration like 500ms, 30s, 5m, 2h, 1d; at most "
+                   f"{format_duration(MAX_DURATION_SECONDS)}",
 }
 
 
@@ -104,6 +111,8 @@ def _backoff(value: object) -> float | bool:
         return _backoff(value.strip().lower() == "true")
     try:
         return parse_duration(value)
+    except DurationTooLong:
+        raise
     except ValueError:
         raise ValueError("expected false, true or a base delay like 2s, "
                          f"got {got(value)}") from None
@@ -184,7 +193,7 @@ OptionalDuration = Annotated[
 IntervalSeconds = Annotated[
     float | None,
     BeforeValidator(_seconds_or_zero),
-    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0},
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_DURATION_SECONDS},
                               {"type": "string", "pattern": DURATION_PATTERN}]}),
 ]
 Boolean = Annotated[bool | None, BeforeValidator(_boolean), WithJsonSchema({"type": "boolean"})]

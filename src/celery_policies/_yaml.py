@@ -3,7 +3,8 @@
 Only YAML's plain types are built (mappings, lists, strings, numbers, booleans, null,
 timestamps); any other tag is refused, so nothing in a file is ever constructed or executed.
 Aliases are allowed (``<<: *base`` merges are common) but their expansion is capped, which
-stops "billion laughs" documents.
+stops "billion laughs" documents: every node an alias repeats and every key a merge (``<<``)
+copies counts against one budget, so ``<<: [*big, *big, ...]`` is refused like any alias bomb.
 """
 
 from __future__ import annotations
@@ -25,15 +26,19 @@ try:  # the C loader is several times faster; fall back to pure Python where lib
 except ImportError:  # pragma: no cover - depends on how PyYAML was built
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
-#: How many nodes aliases may add to a document by repeating anchored ones.
+#: How many nodes aliases and merge keys together may add to a document by repeating anchored
+#: ones (each key a ``<<`` merge copies counts as one).
 MAX_ALIAS_NODES = 10_000
-#: How deeply mappings and lists may nest.
+#: How deeply ``${NAME:-default}`` references may nest in one another's defaults.
+MAX_ENV_NESTING = 4
+#: How deeply mappings and lists may nest, and merges (``<<``) of merges.
 MAX_DEPTH = 64
 
 _TAG = "tag:yaml.org,2002:"
 _PLAIN_TAGS = frozenset(_TAG + t for t in ("null", "bool", "int", "float", "str", "timestamp"))
-_ENV = re.compile(r"\$\$|\$\{([^}]*)\}|\$\{")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TOO_LARGE = (f"aliases and merge keys ('<<') expand the document beyond {MAX_ALIAS_NODES} "
+              "nodes; refusing it (a 'billion laughs' document?)")
 
 Position = tuple[int, int]
 
@@ -61,15 +66,20 @@ class _Builder:
         self.open: set[int] = set()  # nodes being built: meeting one again is a recursive alias
         self.alias_nodes = 0
 
+    def spend(self, nodes: int, where: Node, path: DocPath = ()) -> None:
+        """Count ``nodes`` repeated by an alias or a merge against ``MAX_ALIAS_NODES``."""
+        self.alias_nodes += nodes
+        if self.alias_nodes > MAX_ALIAS_NODES:
+            raise _TooLarge(where, _TOO_LARGE, path)
+
     def problem(self, path: DocPath, node: Node, message: str) -> None:
         self.doc.problems.append((path, _position(node), message))
 
-    def build(self, node: Node, path: DocPath, depth: int = 0) -> Any:
+    def build(self, node: Node, path: DocPath, depth: int = 0, *, counted: bool = False) -> Any:
+        """``counted``: ``node`` is the value of a merged key, already counted as one."""
         if id(node) in self.seen:
-            self.alias_nodes += 1
-            if self.alias_nodes > MAX_ALIAS_NODES:
-                raise _TooLarge(node, f"aliases expand the document beyond {MAX_ALIAS_NODES} "
-                                      "nodes; refusing it (a 'billion laughs' document?)")
+            if not counted:
+                self.spend(1, node)
         else:
             self.seen.add(id(node))
         if depth > MAX_DEPTH:
@@ -113,13 +123,10 @@ class _Builder:
             self.refuse(node, path)
             return None
         result: dict[str, Any] = {}
-        merged: list[MappingNode] = []
+        merged: list[tuple[Node, Node]] = []
         for key_node, value_node in node.value:
             if key_node.tag == _TAG + "merge":
-                sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
-                if not all(isinstance(s, MappingNode) for s in sources):
-                    self.problem(path, key_node, "'<<' merges a mapping or a list of mappings")
-                merged.extend(s for s in sources if isinstance(s, MappingNode))
+                merged.extend(self.merge_entries(key_node, value_node, path))
                 continue
             if not isinstance(key_node, ScalarNode):
                 self.problem(path, key_node, "a mapping key must be plain text")
@@ -133,46 +140,117 @@ class _Builder:
                 continue
             self.doc.keys[child] = _position(key_node)
             result[key] = self.build(value_node, child, depth + 1)
-        for source in merged:  # keys written in this mapping win over merged ones
-            for key_node, value_node in source.value:
-                key = str(key_node.value)
-                if isinstance(key_node, ScalarNode) and key not in result:
-                    child = (*path, key)
-                    self.doc.keys[child] = _position(key_node)
-                    result[key] = self.build(value_node, child, depth + 1)
+        for key_node, value_node in merged:  # keys written in this mapping win over merged ones
+            key = str(key_node.value)
+            if isinstance(key_node, ScalarNode) and key not in result:
+                child = (*path, key)
+                self.doc.keys[child] = _position(key_node)
+                result[key] = self.build(value_node, child, depth + 1, counted=True)
         return result
 
+    def merge_entries(self, merge_key: Node, value: Node, path: DocPath,
+                      into: tuple[int, ...] = ()) -> list[tuple[Node, Node]]:
+        """The (key, value) nodes a ``<<`` merge brings, in YAML's order of precedence.
+
+        A merged mapping's own ``<<`` merges are followed (merging is transitive). Every key
+        is counted against ``MAX_ALIAS_NODES`` before any is built, so a merge key listing a
+        big anchor thousands of times is refused at once, pointing at the ``<<``.
+        """
+        sources = value.value if isinstance(value, SequenceNode) else [value]
+        if not all(isinstance(s, MappingNode) for s in sources):
+            self.problem(path, merge_key, "'<<' merges a mapping or a list of mappings")
+        entries: list[tuple[Node, Node]] = []
+        for source in sources:
+            if not isinstance(source, MappingNode):
+                continue
+            if len(into) >= MAX_DEPTH:
+                raise _TooLarge(merge_key, f"merges ('<<') nest deeper than {MAX_DEPTH} levels",
+                                path)
+            if id(source) in into or id(source) in self.open:
+                raise _TooLarge(merge_key, "an alias refers to a node that contains it "
+                                           "(recursive alias)", path)
+            self.spend(len(source.value), merge_key, path)
+            own = [(k, v) for k, v in source.value if k.tag != _TAG + "merge"]
+            entries += own
+            for k, v in source.value:
+                if k.tag == _TAG + "merge":
+                    entries += self.merge_entries(merge_key, v, path, (*into, id(source)))
+        return entries
+
     def interpolate(self, text: str, node: Node, path: DocPath) -> str:
-        """Replace ``${NAME}`` and ``${NAME:-default}``; ``$$`` is a literal ``$``."""
+        """Replace ``${NAME}`` and ``${NAME:-default}``; ``$$`` is a literal ``$``.
+
+        A default may itself hold references (``${A:-${B:-5}}``: A, else B, else 5), nested
+        at most ``MAX_ENV_NESTING`` deep. A problem is reported once, and the text kept.
+        """
         if "$" not in text:
             return text
+        try:
+            value, _, unset = self._expand(text, 0, 0)
+        except _BadReference as exc:
+            self.problem(path, node, str(exc).replace("{text}", repr(text)))
+            return text
+        if unset is not None:
+            self.problem(path, node, f"environment variable {unset} is not set "
+                                     f"(write ${{{unset}:-default}} to give a default)")
+            return text
+        return value
 
-        def replace(match: re.Match[str]) -> str:
-            whole, body = match.group(0), match.group(1)
-            if whole == "$$":
-                return "$"
-            if body is None:
-                self.problem(path, node, f"unclosed '${{' in {text!r}")
-                return whole
-            name, has_default, default = body.partition(":-")
-            if not _ENV_NAME.fullmatch(name):
-                self.problem(path, node, f"bad environment variable reference '${{{body}}}'")
-                return whole
-            if name in self.environ:
-                return self.environ[name]
-            if has_default:
-                return default
-            self.problem(path, node, f"environment variable {name} is not set "
-                                     f"(write ${{{name}:-default}} to give a default)")
-            return whole
+    def _expand(self, text: str, start: int, level: int) -> tuple[str, int, str | None]:
+        """Expand ``text`` from ``start`` up to the end, or (inside a default, ``level`` > 0)
+        up to the ``}`` closing it. Return the expansion, the index after it and the first
+        variable it needed that is not set (reported only if the expansion is used, so a
+        broken default is still reported before a missing variable)."""
+        out: list[str] = []
+        unset: str | None = None
+        i = start
+        while i < len(text):
+            char = text[i]
+            if char == "}" and level:
+                return "".join(out), i + 1, unset
+            if text.startswith("$$", i):
+                out.append("$")
+                i += 2
+            elif text.startswith("${", i):
+                value, i, missing = self._reference(text, i + 2, level + 1)
+                out.append(value)
+                unset = unset or missing
+            else:
+                out.append(char)
+                i += 1
+        if level:
+            raise _BadReference("unclosed '${' in {text}")
+        return "".join(out), i, unset
 
-        return _ENV.sub(replace, text)
+    def _reference(self, text: str, start: int, level: int) -> tuple[str, int, str | None]:
+        """One ``${...}`` whose name starts at ``start``; ``level`` counts the open ``${``."""
+        if level > MAX_ENV_NESTING:
+            raise _BadReference(f"'${{' nests deeper than {MAX_ENV_NESTING} levels in {{text}}")
+        name_match = _ENV_NAME.match(text, start)
+        end = name_match.end() if name_match else start
+        name = text[start:end]
+        if text.startswith("}", end) and name:
+            found = self.environ.get(name)
+            return ("", end + 1, name) if found is None else (found, end + 1, None)
+        if text.startswith(":-", end) and name:
+            default, after, unset = self._expand(text, end + 2, level)
+            found = self.environ.get(name)
+            return (default, after, unset) if found is None else (found, after, None)
+        close = text.find("}", start)
+        if close < 0:
+            raise _BadReference("unclosed '${' in {text}")
+        raise _BadReference(f"bad environment variable reference '${{{text[start:close]}}}'")
+
+
+class _BadReference(Exception):
+    """A ``${...}`` that cannot be expanded; ``{text}`` in the message stands for the text."""
 
 
 class _TooLarge(Exception):
-    def __init__(self, node: Node, message: str) -> None:
+    def __init__(self, node: Node, message: str, path: DocPath = ()) -> None:
         super().__init__(message)
         self.node = node
+        self.path = path
 
 
 def parse(text: str, environ: Mapping[str, str] | None = None) -> Document:
@@ -201,5 +279,8 @@ def parse(text: str, environ: Mapping[str, str] | None = None) -> Document:
         doc.data = builder.build(root, ())
     except _TooLarge as exc:
         doc.data = None
-        doc.problems.append(((), _position(exc.node), str(exc)))
+        doc.problems.append((exc.path, _position(exc.node), str(exc)))
+    except RecursionError:  # a last resort: every way to nest is capped above
+        doc.data = None
+        doc.problems.append(((), (1, 1), "the document nests too deeply to read"))
     return doc

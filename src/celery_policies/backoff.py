@@ -9,7 +9,7 @@ truncated to whole seconds, so a 500ms base means 500ms.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -105,18 +105,20 @@ class RetrySettings:
     deadline: float | None
 
     @classmethod
-    def from_values(cls, get: Callable[[str], Any]) -> RetrySettings:
+    def from_values(cls, get: Callable[[str], Any],
+                    resolve: Callable[[Iterable[str]], tuple[ExceptionRef, ...]] = resolve_refs,
+                    ) -> RetrySettings:
         """Build from a lookup of effective values (``None`` for unset: Celery's default).
 
-        Exception names are imported here, once; a name that cannot be imported is kept and
-        matched by name.
+        Exception names are imported here, once (``resolve``); a name that cannot be imported
+        is kept and matched by name.
         """
         rule = retry_rule(get)
         per_exception = get("retry_per_exception") or {}
-        refs = resolve_refs(per_exception)
+        refs = resolve(per_exception)
         return cls(
-            autoretry_for=resolve_refs(get("autoretry_for") or ()),
-            dont_autoretry_for=resolve_refs(get("dont_autoretry_for") or ()),
+            autoretry_for=resolve(get("autoretry_for") or ()),
+            dont_autoretry_for=resolve(get("dont_autoretry_for") or ()),
             rule=rule,
             per_exception=tuple(
                 (ref, retry_rule(attributes(override), rule))

@@ -20,17 +20,34 @@ DURATION_PATTERN = r"^\s*(?:\d+(?:\.\d+)?|(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+)\s*$"
 
 EXPECTED = "expected a duration like 30s or 5m"
 
+#: The longest duration a policy file may give, in seconds: 365 days. Every duration ends up in
+#: a countdown, a time limit, a deadline or a timer. Celery turns a countdown into an ETA with
+#: ``now + timedelta(seconds=countdown)`` (``Task.retry`` -> ``apply_async``), which raises
+#: OverflowError past the year 9999 (about 2.5e11 s from now); ``threading`` waits refuse more
+#: than ``threading.TIMEOUT_MAX`` (about 292 years on 64-bit Linux). A year is far below both,
+#: and far above any retry delay, time limit or deadline that means something for a task.
+MAX_DURATION_SECONDS = 365 * 86400.0
+
+
+class DurationTooLong(ValueError):
+    """A duration above ``MAX_DURATION_SECONDS``: kept apart so callers that word their own
+    "expected ..." message still say what the limit is."""
+
 
 def parse_duration(value: object) -> float:
     """Return ``value`` in seconds; raise ``ValueError`` with a readable message otherwise.
 
-    Zero, negative, infinite and boolean values are refused: a duration of nothing is always a
-    mistake in a policy file (write ``null`` or leave the key out instead).
+    Zero, negative, not-a-number and boolean values are refused: a duration of nothing is always
+    a mistake in a policy file (write ``null`` or leave the key out instead). So is anything
+    longer than ``MAX_DURATION_SECONDS``, infinity included.
     """
     if isinstance(value, bool) or value is None:
         raise ValueError(f"{EXPECTED}, got {value!r}")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond ~1.8e308: too long (or too negative) by far
+            seconds = math.inf if value > 0 else -math.inf
     elif isinstance(value, str):
         text = value.strip().replace(" ", "")
         if _NUMBER.fullmatch(text):
@@ -42,11 +59,20 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"{EXPECTED}, got {value!r}")
     else:
         raise ValueError(f"{EXPECTED}, got {type(value).__name__}")
-    if not math.isfinite(seconds):
-        raise ValueError(f"{EXPECTED}, got {value!r}")
+    if math.isnan(seconds):
+        raise ValueError(f"{EXPECTED}, got {_shown(value)}")
     if seconds <= 0:
-        raise ValueError(f"a duration must be more than zero, got {value!r}")
+        raise ValueError(f"a duration must be more than zero, got {_shown(value)}")
+    if seconds > MAX_DURATION_SECONDS:
+        raise DurationTooLong(f"a duration may be at most {format_duration(MAX_DURATION_SECONDS)} "
+                              f"({MAX_DURATION_SECONDS:.0f} seconds), got {_shown(value)}")
     return seconds
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut short: a 400-digit number is not worth repeating in full."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def format_duration(seconds: float) -> str:

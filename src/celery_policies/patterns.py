@@ -13,7 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
+from ._regex import regex_problem
+
 REGEX_PREFIX = "re:"
+#: The longest pattern, in characters: far beyond any task name, and short enough that
+#: compiling and checking it take no time (both grow with the length: seconds at 100,000).
+MAX_PATTERN_LENGTH = 1000
 #: How many distinct patterns ``parse_pattern`` keeps compiled. Python's own ``re`` cache holds
 #: only 512, so a file with more patterns was compiled again by every ``Matcher``.
 PATTERN_CACHE_SIZE = 8192
@@ -88,6 +93,10 @@ def _glob_literals(text: str) -> tuple[int, str, str, str]:
     return literal, text[:first], text[last:], max([*runs, run], key=len)
 
 
+def _shorten(text: str, limit: int = 60) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}..."
+
+
 def parse_pattern(text: str) -> Pattern:
     """Check and compile one pattern; raise ``ValueError`` naming what is wrong.
 
@@ -95,6 +104,9 @@ def parse_pattern(text: str) -> Pattern:
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"expected a task-name pattern, got {text!r}")
+    if len(text) > MAX_PATTERN_LENGTH:
+        raise ValueError(f"a task-name pattern may be at most {MAX_PATTERN_LENGTH} characters, "
+                         f"got {len(text)}")
     return _parse(text)
 
 
@@ -106,8 +118,13 @@ def _parse(text: str) -> Pattern:
             raise ValueError("empty regular expression after 're:'")
         try:
             compiled = re.compile(source)
+            problem = regex_problem(source)
         except re.error as exc:
             raise ValueError(f"bad regular expression {source!r}: {exc}") from None
+        except RecursionError:  # CPython's regex parser recurses once per nested group
+            raise ValueError(f"regular expression {_shorten(source)} nests too deeply") from None
+        if problem is not None:
+            raise ValueError(problem)
         return Pattern(text, Kind.REGEX, compiled, 0, "", "", "")
     if any(c.isspace() for c in text):
         raise ValueError(f"a task-name pattern has no spaces, got {text!r}")

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
 
+from . import _regex, _yaml, durations, loader, patterns
 from ._types import ACCEPTS
 from .model import (
     BrokerConfig,
@@ -122,6 +123,60 @@ def json_schema() -> dict[str, Any]:
     return document
 
 
+def _language() -> list[str]:
+    """What the tables cannot say: patterns, ``${ENV}`` references and the file's limits."""
+    days = durations.MAX_DURATION_SECONDS / 86400
+    return [
+        "## Regular expressions", "",
+        "A `re:` pattern must match the whole task name. Python's `re` module backtracks, and "
+        "a match cannot be interrupted, so a pattern that could keep a worker busy for hours "
+        "on one task name is refused when the file is read (by `check`, `explain`, `simulate` "
+        "and the worker alike), with its file:line:col. A regex is refused when it has:", "",
+        "- a quantifier that can repeat (`*`, `+`, `{m,n}` with n > 1) around a group that "
+        "holds another quantifier of varying length: `(a+)+`, `(\\w+\\.?)+_task`, "
+        "`(x?){30}`;",
+        "- such a quantifier around alternatives that can start with the same character, or "
+        "match nothing: `(\\d\\d|[0-9])+`, `(ab|a)*`, `(shop\\.|\\w+)+`;",
+        "- quantifiers in a row that can match the same characters, and so trade them back "
+        f"and forth, in more than {_regex.MAX_REGEX_SPLITS:,} ways on a "
+        f"{_regex.NAME_LENGTH}-character name, counting {_regex.NAME_LENGTH} for each `*` or "
+        "`+`, 2 for a `?` and n-m+1 for `{m,n}`, multiplied: `.*a.*a.*b` (a million) passes, "
+        "`.*a.*a.*a.*b` and `\\w+\\w+\\w+\\w+_task` do not. A character that none of the "
+        "quantifiers before it can match ends the row, so `[a-z]+\\.[a-z]+\\.[a-z]+\\.[a-z]+` "
+        "is four rows of a hundred. What backtracking remains takes at most a fraction of a "
+        "second on one name.", "",
+        "The check is deliberately cautious and fixed. Where it refuses a pattern you know is "
+        "safe, write it differently (`[\\w.]+\\.send` for `(\\w+\\.)+send`) or use "
+        "globs: a glob (`shop.*.send_*`, or a list of them) never backtracks this way, whatever "
+        "its number of `*`.", "",
+        "## Environment variables", "",
+        "In any string value, `${NAME}` is the variable's value and `${NAME:-default}` its "
+        "value or, when it is not set, the default; `$$` is a literal `$`. A default may hold "
+        "references itself: `${A:-${B:-5}}` is A, else B, else 5 (a variable in a default is "
+        f"only needed when the default is used), nested at most {_yaml.MAX_ENV_NESTING} deep. "
+        "A variable that is not set and has no default, an unclosed `${` and a bad name are "
+        "errors.", "",
+        "## Limits", "",
+        "Fixed limits, each a located error when passed:", "",
+        "| what | limit |", "|---|---|",
+        f"| a duration | at most {days:.0f} days (`{days:.0f}d`, "
+        f"{durations.MAX_DURATION_SECONDS:.0f} seconds), and more than zero (a "
+        "`publish_retry_policy` interval may be `0`) |",
+        f"| the file | at most {loader.MAX_FILE_BYTES} bytes, UTF-8 |",
+        f"| nesting | {_yaml.MAX_DEPTH} levels of mappings and lists, and of merges of merges |",
+        f"| aliases and merge keys (`<<`) | together add at most {_yaml.MAX_ALIAS_NODES} nodes: "
+        "each node an alias repeats and each key a merge copies counts one |",
+        f"| `${{...}}` in a default | nested at most {_yaml.MAX_ENV_NESTING} deep |",
+        f"| a pattern in `match` | at most {patterns.MAX_PATTERN_LENGTH} characters |",
+        f"| a `re:` pattern | no nested quantifiers; at most {_regex.MAX_REGEX_SPLITS:,} ways "
+        "to split a name (above) |", "",
+        "No retry delay, time limit or deadline needs more than a year, and Celery cannot use "
+        "much more: it turns a countdown into an ETA with `now + timedelta(seconds=...)`, "
+        "which fails past the year 9999, and Python's thread waits refuse more than about "
+        "292 years. Write `null` (where a key allows it) for no limit at all.", "",
+    ]
+
+
 def render_markdown() -> str:
     """The reference of every key of the policy file, as Markdown."""
     lines = ["# Policy file reference", "",
@@ -137,4 +192,5 @@ def render_markdown() -> str:
             lines.append(f"| `{name}` | {_accepts(field)} | {_default(field)} | "
                          f"{field.description or ''} |")
         lines.append("")
+    lines += _language()
     return "\n".join(lines)

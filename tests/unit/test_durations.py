@@ -6,7 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celery_policies.durations import format_duration, parse_duration
+from celery_policies.durations import (
+    MAX_DURATION_SECONDS,
+    format_duration,
+    parse_duration,
+)
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -38,3 +42,21 @@ def test_refuses_other_types(value: object) -> None:
 @given(st.integers(min_value=1, max_value=10**7))
 def test_formatting_round_trips_whole_seconds(seconds: int) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize("value", ["99999999999d", 1e308, 10**400, "1" + "0" * 400, "366d",
+                                   MAX_DURATION_SECONDS + 1])
+def test_refuses_durations_above_the_upper_bound(value: object) -> None:
+    """Above the bound a countdown overflowed datetime arithmetic at run time."""
+    with pytest.raises(ValueError, match=r"a duration may be at most 365d \(31536000 seconds\)"):
+        parse_duration(value)
+
+
+def test_the_upper_bound_itself_is_accepted() -> None:
+    assert parse_duration("365d") == MAX_DURATION_SECONDS == 365 * 86400.0
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), "-inf", "1e999"])
+def test_refuses_infinity_and_nan_as_numbers(value: object) -> None:
+    with pytest.raises(ValueError, match=r"expected a duration like|more than zero|at most 365d"):
+        parse_duration(value)

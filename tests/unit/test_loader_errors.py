@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from celery_policies import PolicyFileError, load_policies
+from celery_policies import PolicyFileError, load_policies, parse_policies
 from celery_policies.loader import MAX_FILE_BYTES
 from tests.conftest import load, problems
 
@@ -237,7 +238,7 @@ def test_billion_laughs_is_refused_quickly() -> None:
     lines = ["version: 1", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
     [line] = problems("\n".join(lines) + "\n")
-    assert "aliases expand the document beyond 10000 nodes" in line
+    assert "expand the document beyond 10000 nodes" in line
 
 
 def test_small_aliases_and_merge_keys_work() -> None:
@@ -308,3 +309,141 @@ def test_error_exposes_the_first_location() -> None:
     assert (error.path, error.line, error.column, error.doc_path) == (
         "policies.yaml", 3, 15, ("defaults", "time_limit"))
     assert error.message == "expected a duration like 30s or 5m, got 'soon'"
+
+
+def merge_bomb(keys: int, references: int) -> str:
+    """A ~140 KB file whose one merge key lists a big anchored mapping ``references`` times."""
+    lines = ["version: 1", "big: &big"]
+    lines += [f"  k{i}: {i}" for i in range(keys)]
+    lines += ["policies:", "  - match: a", "    <<: [" + ", ".join(["*big"] * references) + "]"]
+    return "\n".join(lines) + "\n"
+
+
+def test_merge_keys_count_against_the_alias_budget() -> None:
+    """Merging a 9,000-key mapping 8,000 times once took seconds; now it is refused at the
+    merge key, quickly."""
+    text = merge_bomb(9000, 8000)
+    started = time.perf_counter()
+    with pytest.raises(PolicyFileError) as caught:
+        parse_policies(text, file="policies.yaml")
+    elapsed = time.perf_counter() - started
+    assert [str(p) for p in caught.value.problems] == [
+        "policies.yaml:9005:5: policies[0]: aliases and merge keys ('<<') expand the document "
+        "beyond 10000 nodes; refusing it (a 'billion laughs' document?)"]
+    assert elapsed < 5.0  # a hang guard only; benchmarks/ has no timing goal for this
+
+
+def test_a_merge_within_the_budget_still_works() -> None:
+    policies = load("version: 1\ndefaults: &base {max_retries: 2}\npolicies:\n"
+                    "  - {match: a, <<: [" + ", ".join(["*base"] * 50) + "]}\n")
+    assert policies.model.policies[0].max_retries == 2
+
+
+def test_merge_of_a_mapping_that_itself_merges_takes_its_keys() -> None:
+    """YAML's merge is transitive: the keys a source mapping merged are merged too."""
+    policies = load("""
+        version: 1
+        defaults: &base {max_retries: 2, acks_late: true}
+        policies:
+          - &more {<<: *base, match: b, max_retries: 5}
+          - <<: *more
+            match: a
+    """)
+    policy = policies.model.policies[1]
+    assert (policy.max_retries, policy.acks_late) == (5, True)
+
+
+def test_a_merge_that_contains_itself_is_refused() -> None:
+    [line] = problems("""
+        version: 1
+        defaults: &loop
+          acks_late: true
+          <<: *loop
+        policies: []
+    """)
+    assert "recursive alias" in line
+
+
+@pytest.mark.parametrize(("text", "environ", "expected"), [
+    ("${A:-${B}}", {"B": "3"}, 3),
+    ("${A:-${B}}", {"A": "4", "B": "3"}, 4),
+    ("${A:-${B}}", {"A": "4"}, 4),
+    ("${A:-${B:-5}}", {}, 5),
+    ("${A:-${B:-${C:-6}}}", {"C": "7"}, 7),
+    ("${A:-1$$}", {}, None),
+])
+def test_nested_defaults_take_the_first_variable_set(text: str, environ: dict[str, str],
+                                                     expected: int | None) -> None:
+    if expected is None:
+        [line] = problems(f"version: 1\ndefaults:\n  max_retries: '{text}'\n", environ=environ)
+        assert line.endswith("expected a whole number >= 0 or 'unlimited', got '1$'")
+        return
+    policies = load(f"version: 1\ndefaults:\n  max_retries: '{text}'\n", environ=environ)
+    assert policies.model.defaults is not None
+    assert policies.model.defaults.max_retries == expected
+
+
+def test_a_nested_default_whose_variable_is_unset_names_it() -> None:
+    assert problems("version: 1\nsentry:\n  dsn: ${DSN:-${FALLBACK}}\n", environ={}) == [
+        "policies.yaml:3:8: sentry.dsn: environment variable FALLBACK is not set "
+        "(write ${FALLBACK:-default} to give a default)"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("${A:-${B}", "unclosed '${' in '${A:-${B}'"),
+    ("${A:-${B:-x}", "unclosed '${' in '${A:-${B:-x}'"),
+    ("${A:-${B:-${C:-${D:-${E:-${F:-x}}}}}}", "'${' nests deeper than 4 levels"),
+    ("${A:-${9}}", "bad environment variable reference '${9}'"),
+])
+def test_broken_nested_references_are_located_errors(text: str, message: str) -> None:
+    [line] = problems(f"version: 1\nsentry:\n  dsn: '{text}'\n", environ={})
+    assert line.startswith("policies.yaml:3:8: sentry.dsn: ")
+    assert message in line
+
+
+@pytest.mark.parametrize("value", ["99999999999d", "1.0e+308", "1" + "0" * 400, "400d",
+                                   "31536001"])
+def test_a_duration_above_the_upper_bound_is_a_located_error(value: str) -> None:
+    [line] = problems(f"version: 1\ndefaults:\n  retry_backoff: {value}\n")
+    assert line.startswith("policies.yaml:3:18: defaults.retry_backoff: ")
+    assert "at most 365d (31536000 seconds)" in line
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "-1.0e+308", "-99999999999d"])
+def test_infinite_nan_and_negative_durations_are_located_errors(value: str) -> None:
+    [line] = problems(f"version: 1\ndefaults:\n  time_limit: {value}\n")
+    assert line.startswith("policies.yaml:3:15: defaults.time_limit: ")
+
+
+def test_a_number_too_big_for_a_float_is_a_located_error_not_a_crash() -> None:
+    """float() of a 400-digit YAML int raises OverflowError, which once escaped the loader."""
+    [line] = problems(f"version: 1\ndefaults:\n  time_limit: 1{'0' * 400}\n")
+    assert line.startswith("policies.yaml:3:15: defaults.time_limit: a duration may be at most "
+                           "365d (31536000 seconds), got 1000000")
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_merges_nested_hundreds_deep_are_a_located_error_not_a_crash(block: bool) -> None:
+    """Each '<<' of a '<<' was followed by recursion: 990 of them raised RecursionError."""
+    depth = 990
+    if block:
+        text = "version: 1\ndefaults:\n" + "".join(
+            "  " * (i + 1) + "<<:\n" for i in range(depth)) + "  " * (depth + 1) + "x: 1\n"
+    else:
+        text = "version: 1\ndefaults: " + "{<<: " * depth + "{x: 1}" + "}" * depth + "\n"
+    [line] = problems(text)
+    assert line.startswith("policies.yaml:")
+    assert "merges ('<<') nest deeper than 64 levels" in line
+
+
+def test_a_large_file_that_merges_a_base_into_every_policy_loads() -> None:
+    """800 policies merging a 10-key base copy 8,000 keys: within the budget, counted once
+    each (not once as a merged key and again as a repeated value)."""
+    base = ("defaults: &base {acks_late: true, max_retries: 2, retry_backoff: 1s, "
+            "retry_backoff_max: 1m, retry_jitter: full, time_limit: 1m, soft_time_limit: 50s, "
+            "reject_on_worker_lost: true, acks_on_failure_or_timeout: true, "
+            "default_retry_delay: 5s}\n")
+    policies = "".join(f"  - {{<<: *base, match: t{i}}}\n" for i in range(800))
+    loaded = load("version: 1\n" + base + "policies:\n" + policies)
+    assert len(loaded.model.policies) == 800
+    assert loaded.model.policies[-1].retry_backoff_max == 60.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 import yaml
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from celery_policies import Matcher, parse_policies
 from celery_policies.patterns import Kind, parse_pattern
-from tests.conftest import load
+from tests.conftest import load, problems
 
 
 def resolve(text: str, name: str) -> dict[str, object]:
@@ -180,3 +181,65 @@ def test_resolving_in_bulk_agrees_with_resolving_one_by_one(
     assert sorted(bulk) == sorted(set(names))
     for name in names:
         assert bulk[name] == matcher.resolve(name)
+
+
+@pytest.mark.parametrize(("regex", "reason"), [
+    (r"(a+)+$", "nested quantifier"),
+    (r"(\w+\.?)+_task", "nested quantifier"),
+    (r"(?:a*)*b", "nested quantifier"),
+    (r"(a{1,3}){2,}", "nested quantifier"),
+    (r"(?:x?){30}x{30}", "nested quantifier"),
+    (r"(?:(?=\w+)x)+", "nested quantifier"),
+    (r"(?:\d\d|[0-9])+x", "alternatives that can match the same text"),
+    (r"(?:ab|a)*c", "alternatives that can match the same text"),
+    (r"(?:shop\.|\w+)+", "alternatives that can match the same text"),
+    (r".*a.*a.*a.*b", "can split a 100-character task name in 100,000,000 ways"),
+    (r"\w+\w+\w+\w+_task", "can split a 100-character task name in 100,000,000 ways"),
+    ("a?" * 20 + "a{20}", "can split a 100-character task name in 1,048,576 ways"),
+    (r"(?i)[a-z]+A[a-z]+A[a-z]+A[a-z]+", "in 100,000,000 ways"),
+])
+def test_regexes_that_can_backtrack_for_ages_are_refused(regex: str, reason: str) -> None:
+    """Python's re backtracks: these take seconds to hours on one task name."""
+    lines = problems(f"version: 1\npolicies:\n  - match: 're:{regex}'\n")
+    assert len(lines) == 1
+    assert lines[0].startswith("policies.yaml:3:12: policies[0].match[0]: ")
+    assert reason in lines[0]
+
+
+@pytest.mark.parametrize("regex", [
+    r"shop\..*", r"(shop|billing)\.[a-z_]+\.send_\w+", r"[a-z]+\.tasks\.(?:send|charge)_\w+",
+    r"shop\.(?:emails|billing)\..+_v\d+", r"(?:ab)+", r"(?:a{2})+", r"(?:foo\.|bar\.)+x",
+    r"x(?:\.v[0-9]){1,3}", r"\w+\.\w+\.\w+\.\w+", r"(\w|_)+$", r".*a.*a.*b",
+    r"[a-z]+\.[a-z]+\.[a-z]+\.[a-z_]+(?:_v\d+)?", r"shop\.(\w+)\.send_\w+(_v\d+)?",
+    r"[a-z]+A[a-z]+A[a-z]+A[a-z]+",
+])
+def test_ordinary_regexes_are_accepted(regex: str) -> None:
+    assert parse_pattern(f"re:{regex}").kind is Kind.REGEX
+
+
+@pytest.mark.parametrize("regex", [r".*a.*a.*b", r"\w+\w+\w+b", "a?" * 19 + "a{19}"])
+def test_the_worst_accepted_regexes_match_a_long_name_quickly(regex: str) -> None:
+    """Quantifiers in a row at the limit, on a 200-character name that almost matches. A
+    hang guard, not a timing goal."""
+    pattern = parse_pattern(f"re:{regex}")
+    started = time.perf_counter()
+    assert not pattern.matches("a" * 200)
+    assert time.perf_counter() - started < 5.0
+
+
+@pytest.mark.parametrize("depth", [498, 1000, 5000])
+def test_a_regex_nested_hundreds_of_groups_deep_is_a_located_error_not_a_crash(
+        depth: int) -> None:
+    """CPython's regex parser recurses per group: 1000 nested groups raised RecursionError."""
+    [line] = problems(f"version: 1\npolicies:\n  - match: 're:{'(' * depth}a{')' * depth}'\n")
+    assert line.startswith("policies.yaml:3:12: policies[0].match[0]: ")
+    assert line.endswith("nests too deeply") or "at most 1000 characters" in line
+
+
+@pytest.mark.parametrize("pattern", ["re:" + "(?:ab|cd)" * 200, "shop." + "x" * 1000 + ".*",
+                                     "a" * 1001])
+def test_a_pattern_longer_than_the_limit_is_refused_before_it_is_compiled(pattern: str) -> None:
+    """Compiling and checking are linear, but a 5 MB regex still took a minute."""
+    [line] = problems(f"version: 1\npolicies:\n  - match: '{pattern}'\n")
+    assert line.startswith("policies.yaml:3:12: policies[0].match[0]: a task-name pattern may "
+                           "be at most 1000 characters, got ")

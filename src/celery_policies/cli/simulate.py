@@ -29,15 +29,19 @@ _OUTCOMES = {
               help="The exception class the task keeps raising (dotted path or builtin name).")
 @click.option("--app", "app_name", metavar="MODULE",
               help="The Celery app: imports its exceptions and reads the task's own settings.")
+@click.option("--import", "import_modules", is_flag=True,
+              help="Import the exception classes named (running their modules' code), "
+                   "without an app.")
 @click.option("--attempts", type=click.IntRange(1, 1000), default=DEFAULT_ATTEMPTS,
               show_default=True, help="Show at most this many attempts.")
 @click.pass_context
 def simulate(ctx: click.Context, file: str, task_name: str, exception: str,
-             app_name: str | None, attempts: int) -> None:
+             app_name: str | None, import_modules: bool, attempts: int) -> None:
     """Print the attempt-by-attempt timeline of a task that keeps raising EXCEPTION.
 
     Nothing runs: the delays come from the same arithmetic the worker uses, with jitter shown
     as a range. Attempts are assumed to fail at once; add your task's run time to each.
+    Without --app or --import nothing is imported: exception classes are matched by name.
     """
     out = console()
     app = find_app(ctx, app_name, required=False)
@@ -45,13 +49,17 @@ def simulate(ctx: click.Context, file: str, task_name: str, exception: str,
     task = registered_tasks(app).get(task_name) if app is not None else None
     if app is not None and task is None:
         raise click.BadParameter(f"the app has no task {task_name!r}", param_hint="'--task'")
+    imports = app is not None or import_modules
     line = simulate_task(Matcher(policies), task_name, exception, attempts=attempts, app=app,
-                         task=task, dead_letter_queue=dead_letter_queue(policies))
+                         task=task, dead_letter_queue=dead_letter_queue(policies),
+                         import_modules=imports)
     matched = ", ".join(line.matched) or "no policy (defaults only)"
     out.print(f"{line.task} raising {line.exception}  [dim]matched: {matched}[/dim]")
     if not line.exception_imported:
-        out.print(f"[yellow]note: {line.exception} could not be imported; treated as a direct "
-                  "subclass of Exception[/yellow]")
+        why = ("could not be imported" if imports
+               else "was not imported (give --import to import it)")
+        out.print(f"[yellow]note: {line.exception} {why}; treated as a direct subclass of "
+                  "Exception[/yellow]")
     table = Table()
     table.add_column("attempt", justify="right")
     table.add_column("starts after")
