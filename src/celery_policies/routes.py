@@ -55,8 +55,20 @@ from .retrying import FIRST_ATTEMPT_HEADER, GAVE_UP_ATTR
 
 log = logging.getLogger("celery_policies")
 
-#: The CRITICAL line of a route that could not be taken: what, why, and the message as JSON.
+#: The CRITICAL line of a route that could not be taken: what, why, and the message as JSON
+#: (arguments included), on ``REDO_LOGGER`` alone.
 REDO_FORMAT = "could not %s (%r); to redo it by hand: %s"
+#: What every formatted ``REDO_FORMAT`` line holds, however its arguments read.
+REDO_MARK = "; to redo it by hand: "
+#: The logger of the ``REDO_FORMAT`` lines. They hold a task's arguments, so the Sentry
+#: reporter has sentry_sdk's logging integration ignore it (no event, breadcrumb or Sentry
+#: Log); the worker's own log handlers write it like any other.
+REDO_LOGGER = "celery_policies.redo"
+redo_log = logging.getLogger(REDO_LOGGER)
+#: The CRITICAL line, on the package's logger, that says a route was not taken without the
+#: message: what, why, and where the message is. This one may reach Sentry.
+UNTAKEN_FORMAT = "failure route not taken: %s (%r); its message is logged in full by " \
+                 "the %s logger, to redo it by hand"
 #: Told of every final failure once its routes were tried: (request, exc, reason, all taken).
 FinalHook = Callable[[Any, BaseException, str, bool], None]
 
@@ -117,9 +129,10 @@ class FailureRouter:
                 else:
                     what = f"send {target} for failed {request.name}[{request.id}]"
                     message = self.callback_kwargs(request, failure)
-                log.critical(REDO_FORMAT, what, error,
-                             json.dumps({"route": kind, "target": target, "message": message},
-                                        default=repr))
+                log.critical(UNTAKEN_FORMAT, what, error, REDO_LOGGER)
+                redo_log.critical(REDO_FORMAT, what, error,
+                                  json.dumps({"route": kind, "target": target,
+                                              "message": message}, default=repr))
         return ok
 
     def failure_record(self, request: Any, envelope: Envelope, exc: BaseException,

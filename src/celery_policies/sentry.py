@@ -50,7 +50,7 @@ from .compat import running_task
 from .deadletter import exception_name
 from .redelivery import EXHAUSTED_FORMAT, RedeliveriesExhausted
 from .retrying import GAVE_UP_ATTR, GIVE_UP_LOGGER
-from .routes import REDO_FORMAT, failure_message, origin_queue
+from .routes import REDO_FORMAT, REDO_LOGGER, REDO_MARK, failure_message, origin_queue
 
 if TYPE_CHECKING:
     from .model import SentryConfig
@@ -76,7 +76,18 @@ MAIN_PROCESS_FAILURES = (TimeLimitExceeded, WorkerLostError, RedeliveriesExhaust
 #: privacy this is speed: each failing task writes two of these lines, and each would cost a
 #: breadcrumb and a Sentry Logs handler call in the pool process.
 IGNORED_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.worker.job",
-                   GIVE_UP_LOGGER)
+                   GIVE_UP_LOGGER, REDO_LOGGER)
+#: What replaces an argument value the screens remove.
+NOT_SENT = "[not sent: include_args is false]"
+#: sentry_sdk's hooks the plugin screens through, each wrapped around the application's own:
+#: ``before_send`` (errors and log events), ``before_send_transaction`` (tracing, whose
+#: events carry CeleryIntegration's ``celery-job`` extra too) and ``before_breadcrumb``
+#: exist in every sentry-sdk 2.x; ``before_send_log`` (Sentry Logs) is an option since Sentry
+#: Logs left ``_experiments``, and an experiment before that.
+SCREENED_HOOKS = ("before_send", "before_send_transaction", "before_breadcrumb",
+                  "before_send_log")
+#: Where sentry-sdk kept experimental options (``enable_logs``, ``before_send_log``).
+EXPERIMENTS = "_experiments"
 #: Log lines (logger, format) that repeat a main-process failure this module reports.
 DUPLICATE_LOG_LINES = frozenset({
     ("celery.worker.request", "Hard time limit (%ss) exceeded for %s[%s]"),
@@ -157,7 +168,11 @@ class SentryReporter:
             if ignore_for_logs is not None:
                 ignore_for_logs(name)
         options = sentry_sdk.get_client().options
-        options["before_send"] = _screen(options.get("before_send"), self.include_args)
+        # The application's data_collection, where sentry-sdk has it, decides over include_args
+        # whether the plugin may send arguments (its "queues" category: CeleryIntegration's
+        # arguments); include_args: false is never widened by it.
+        self.include_args = self.include_args and _queues_collected(options)
+        _install_screens(options, self.include_args)
         self._connect(celery_integration=sentry_sdk.get_client().get_integration("celery")
                       is not None)
         return logging.INFO, (f"celery-policies: reporting failures to Sentry through {how}; "
@@ -420,6 +435,39 @@ def _delay(when: object) -> float | None:
     return max(0.0, (eta - datetime.now(timezone.utc)).total_seconds())
 
 
+def _install_screens(options: dict[str, Any], include_args: bool) -> None:
+    """Wrap each of sentry_sdk's hooks (``SCREENED_HOOKS``) that the installed sentry-sdk has
+    around the application's own. The client reads its hooks from ``options`` whenever it
+    sends, so replacing them here covers every item sent after this."""
+    options["before_send"] = _screen(options.get("before_send"), include_args)
+    options["before_send_transaction"] = _screen_transaction(
+        options.get("before_send_transaction"), include_args)
+    options["before_breadcrumb"] = _screen_breadcrumb(options.get("before_breadcrumb"))
+    # Sentry Logs: sentry_sdk reads ``before_send_log`` first, then the experiment's
+    # (sentry_sdk/utils.py get_before_send_log); older releases only the experiment's.
+    experiments = options.get(EXPERIMENTS)
+    if "before_send_log" in options:
+        app_hook = options.get("before_send_log") or (experiments or {}).get("before_send_log")
+        options["before_send_log"] = _screen_log(app_hook)
+    elif isinstance(experiments, dict):
+        experiments["before_send_log"] = _screen_log(experiments.get("before_send_log"))
+
+
+def _queues_collected(options: dict[str, Any]) -> bool:
+    """Whether the application's ``data_collection`` (sentry-sdk with that option, which
+    resolves it into ``options`` at init, ``provided_by_user`` when the application gave it)
+    lets task arguments be collected; True where it is absent or was not given."""
+    data_collection = options.get("data_collection")
+    if not isinstance(data_collection, dict) or not data_collection.get("provided_by_user"):
+        return True
+    return bool(data_collection.get("queues", True))
+
+
+def _marked(hook: Callable[..., Any]) -> Callable[..., Any]:
+    hook._celery_policies = True  # type: ignore[attr-defined]
+    return hook
+
+
 def _screen(before_send: Callable[..., Any] | None,
             include_args: bool) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
     """A ``before_send`` that drops duplicates and, unless ``include_args``, argument values,
@@ -430,6 +478,7 @@ def _screen(before_send: Callable[..., Any] | None,
     def screen(event: dict[str, Any], hint: dict[str, Any]) -> Any:
         if _is_duplicate(event):
             return None
+        _strip_redo_breadcrumbs(event)
         if before_send is not None:
             event = before_send(event, hint)
             if event is None:
@@ -438,21 +487,100 @@ def _screen(before_send: Callable[..., Any] | None,
             _strip_arguments(event)
         return event
 
-    screen._celery_policies = True  # type: ignore[attr-defined]
-    return screen
+    return _marked(screen)
+
+
+def _screen_transaction(before: Callable[..., Any] | None,
+                        include_args: bool) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
+    """A ``before_send_transaction``: CeleryIntegration puts its ``celery-job`` extra, with the
+    task's arguments under ``send_default_pii``, on each task's transaction too."""
+    if getattr(before, "_celery_policies", False):
+        return before  # type: ignore[return-value]
+
+    def screen(event: dict[str, Any], hint: dict[str, Any]) -> Any:
+        _strip_redo_breadcrumbs(event)
+        if before is not None:
+            event = before(event, hint)
+            if event is None:
+                return None
+        if not include_args:
+            _strip_arguments(event)
+        return event
+
+    return _marked(screen)
+
+
+def _screen_breadcrumb(before: Callable[..., Any] | None,
+                       ) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
+    """A ``before_breadcrumb`` that drops the lines of ``IGNORED_LOGGERS`` (the message of a
+    route not taken, Celery's lines with arguments), before the application's hook sees them.
+    sentry_sdk's logging integration already ignores those loggers; this also covers a
+    breadcrumb recorded some other way, or a logger the application un-ignored."""
+    if getattr(before, "_celery_policies", False):
+        return before  # type: ignore[return-value]
+
+    def screen(crumb: dict[str, Any], hint: dict[str, Any]) -> Any:
+        if _is_screened_crumb(crumb):
+            return None
+        return crumb if before is None else before(crumb, hint)
+
+    return _marked(screen)
+
+
+def _screen_log(before: Callable[..., Any] | None,
+                ) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
+    """A ``before_send_log`` (Sentry Logs) that drops the records of ``IGNORED_LOGGERS``
+    and any record of the "to redo it by hand" line, before the application's hook."""
+    if getattr(before, "_celery_policies", False):
+        return before  # type: ignore[return-value]
+
+    def screen(record: dict[str, Any], hint: dict[str, Any]) -> Any:
+        attributes = record.get("attributes") or {}
+        if (_attribute(attributes, "logger.name") in IGNORED_LOGGERS
+                or _attribute(attributes, "sentry.message.template") == REDO_FORMAT):
+            return None
+        return record if before is None else before(record, hint)
+
+    return _marked(screen)
+
+
+def _attribute(attributes: dict[str, Any], name: str) -> Any:
+    """A Sentry Log attribute: its value, plain or ``{"value": ..., "type": ...}``."""
+    value = attributes.get(name)
+    return value.get("value") if isinstance(value, dict) else value
+
+
+def _is_screened_crumb(crumb: dict[str, Any]) -> bool:
+    if crumb.get("category") in IGNORED_LOGGERS:
+        return True
+    message = crumb.get("message")
+    # the logging integration gives a crumb the formatted line, not its template
+    return isinstance(message, str) and REDO_MARK in message
+
+
+def _strip_redo_breadcrumbs(event: dict[str, Any]) -> None:
+    """Breadcrumbs recorded before the screens were installed, or by a scope that did not
+    consult ``before_breadcrumb``, are screened once more on the event that carries them."""
+    crumbs = event.get("breadcrumbs")
+    values = crumbs.get("values") if isinstance(crumbs, dict) else crumbs
+    if isinstance(values, list):
+        values[:] = [crumb for crumb in values
+                     if not (isinstance(crumb, dict) and _is_screened_crumb(crumb))]
 
 
 def _is_duplicate(event: dict[str, Any]) -> bool:
     for value in (event.get("exception") or {}).get("values") or ():
         if (value.get("mechanism") or {}).get("type") == "celery":
             return True  # CeleryIntegration's own capture of a failing run
+    if event.get("logger") in IGNORED_LOGGERS:
+        return True
     entry = event.get("logentry") or {}
     return (event.get("logger"), entry.get("message")) in DUPLICATE_LOG_LINES
 
 
 def _strip_arguments(event: dict[str, Any]) -> None:
     """Remove every place a task's argument values travel: frame locals, CeleryIntegration's
-    ``celery-job`` extra, and the payload of the plugin's own "to redo it by hand" line."""
+    ``celery-job`` extra, and the payload of a "to redo it by hand" line."""
     for section in ("exception", "threads"):
         for value in (event.get(section) or {}).get("values") or ():
             for frame in (value.get("stacktrace") or {}).get("frames") or ():
@@ -461,9 +589,9 @@ def _strip_arguments(event: dict[str, Any]) -> None:
     if isinstance(job, dict):
         for key in ("args", "kwargs"):
             if key in job:
-                job[key] = "[not sent: include_args is false]"
+                job[key] = NOT_SENT
     entry = event.get("logentry") or {}
-    if event.get("logger") == "celery_policies" and entry.get("message") == REDO_FORMAT:
+    if entry.get("message") == REDO_FORMAT:
         params = list(entry.get("params") or ())[:2]
         entry["params"] = params
         entry["formatted"] = REDO_FORMAT % (*params, "see the worker's log")
