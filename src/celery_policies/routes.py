@@ -200,6 +200,8 @@ def failure_message(exc: BaseException) -> str:
     """An exception's message as a person reads it."""
     if isinstance(exc, TimeLimitExceeded) and exc.args:  # str() gives "TimeLimitExceeded(2,)"
         return f"hard time limit ({exc.args[0]}s) exceeded"
+    if isinstance(exc, Reject):  # str() gives "('reason', False)"
+        return f"rejected without requeue: {exc.reason}"
     return str(exc)
 
 

@@ -34,16 +34,18 @@ slow a task: every hook catches its own errors, and an event over budget costs a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from celery import Celery, signals
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 
 from .budget import EventBudget
 from .compat import running_task
@@ -66,9 +68,12 @@ RETRY_HISTORY_HEADER = "celery_policies_retry_history"
 #: Retries kept in that header (the most recent), and the length kept of each message.
 HISTORY_LIMIT = 20
 HISTORY_MESSAGE_LIMIT = 200
-#: Failures Celery handles in the worker's main process; those reach no pool child.
+#: Failures reported from the worker's main process. The first five reach no pool child.
+#: ``Reject(requeue=False)`` does, but sends ``task_failure`` only from the main process and
+#: only from Celery 5.7 (celery#4222, compat.REJECT_SENDS_FAILURE), without the task's
+#: request: reported with the failure routes, where the request is, on every release.
 MAIN_PROCESS_FAILURES = (TimeLimitExceeded, WorkerLostError, RedeliveriesExhausted,
-                         SystemExit, KeyboardInterrupt)
+                         SystemExit, KeyboardInterrupt, Reject)
 
 #: Loggers whose records repeat a failure this module reports, or carry task arguments in
 #: their ``extra`` (celery/app/trace.py ``_log_error``, celery/worker/strategy.py "received").
@@ -79,6 +84,12 @@ IGNORED_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.worker.
                    GIVE_UP_LOGGER, REDO_LOGGER)
 #: What replaces an argument value the screens remove.
 NOT_SENT = "[not sent: include_args is false]"
+#: Shortest string argument (characters) the screens also look for inside any text a pool
+#: process sends while it runs the task (a span of another integration, a log line, an
+#: exception message built from it). Shorter ones ("eu", "42") would blank unrelated text.
+MIN_SEARCHED_LENGTH = 8
+#: Most string arguments of one task searched for that way (the first found, depth first).
+MAX_SEARCHED_VALUES = 64
 #: sentry_sdk's hooks the plugin screens through, each wrapped around the application's own:
 #: ``before_send`` (errors and log events), ``before_send_transaction`` (tracing, whose
 #: events carry CeleryIntegration's ``celery-job`` extra too) and ``before_breadcrumb``
@@ -190,8 +201,10 @@ class SentryReporter:
             # CeleryIntegration gives each task a scope of its own, and flushes each pool
             # process as it exits (a second flush would wait twice on an endpoint that does
             # not answer). Without it, the plugin does both.
-            hooks += [(signals.task_prerun, self.on_task_prerun),
-                      (signals.worker_process_shutdown, self.on_process_shutdown)]
+            hooks.append((signals.worker_process_shutdown, self.on_process_shutdown))
+        self._clear_breadcrumbs = not celery_integration
+        if self._clear_breadcrumbs or not self.include_args:
+            hooks.append((signals.task_prerun, self.on_task_prerun))
         if self.config.report_retries == "event":
             hooks.append((signals.task_retry, self.on_task_retry))
         elif self.config.report_retries == "breadcrumb":
@@ -210,13 +223,19 @@ class SentryReporter:
             if client.is_active() and getattr(client, "transport", None) is not None:
                 client.transport = make_transport(client.options)
 
-    def on_task_prerun(self, **_: Any) -> None:
-        """Without CeleryIntegration a pool child's scope outlives its tasks: start each task
-        with no breadcrumbs, so an event shows only its own."""
+    def on_task_prerun(self, args: Any = None, kwargs: Any = None, **_: Any) -> None:
+        """A task starts: unless ``include_args``, its string arguments become what the
+        screens search for in what this process sends until the next task starts (a task's
+        transaction is sent after it ends). Without CeleryIntegration a pool child's scope
+        outlives its tasks: start each task with no breadcrumbs, so an event shows only its
+        own."""
         with _guard("start a task's Sentry scope"):
-            import sentry_sdk
+            if not self.include_args:
+                _searched.set(_searched_values((args, kwargs)))
+            if self._clear_breadcrumbs:
+                import sentry_sdk
 
-            sentry_sdk.get_isolation_scope().clear_breadcrumbs()
+                sentry_sdk.get_isolation_scope().clear_breadcrumbs()
 
     def on_task_failure(self, sender: Any = None, exception: BaseException | None = None,
                         traceback: Any = None, **_: Any) -> None:
@@ -285,7 +304,8 @@ class SentryReporter:
     # -- in the worker's main process -------------------------------------------------------
     def report_main(self, request: Any, exc: BaseException, reason: str, routed: bool) -> None:
         """A final failure the worker's main process handled: time limit, lost process,
-        exhausted redeliveries. ``routed``: whether every failure route was taken."""
+        exhausted redeliveries, a message rejected for good. ``routed``: whether every
+        failure route was taken."""
         if not isinstance(exc, MAIN_PROCESS_FAILURES):
             return
         with _guard(f"report the failure of {request.name}[{request.id}] to Sentry"):
@@ -485,9 +505,61 @@ def _screen(before_send: Callable[..., Any] | None,
                 return None
         if not include_args:
             _strip_arguments(event)
+            _scrub_running(event)
         return event
 
     return _marked(screen)
+
+
+def _searched_values(arguments: Any) -> tuple[str, ...]:
+    """The string leaves of a task's arguments worth searching for, each also as JSON and
+    ``repr`` escape it (a span or a log line quotes it that way), longest first."""
+    found: list[str] = []
+
+    def walk(value: Any, depth: int) -> None:
+        if len(found) >= MAX_SEARCHED_VALUES or depth > 8:
+            return
+        if isinstance(value, str):
+            if len(value) >= MIN_SEARCHED_LENGTH:
+                found.append(value)
+        elif isinstance(value, dict):
+            for inner in value.values():
+                walk(inner, depth + 1)
+        elif isinstance(value, list | tuple | set | frozenset):
+            for inner in value:
+                walk(inner, depth + 1)
+
+    walk(arguments, 0)
+    forms = {form for value in found
+             for form in (value, json.dumps(value)[1:-1], repr(value)[1:-1])}
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _scrub(item: Any, values: tuple[str, ...]) -> Any:
+    """``item`` with every occurrence of ``values`` in its strings replaced (in place for
+    dicts and lists, which sentry_sdk's hooks may modify)."""
+    if isinstance(item, str):
+        for value in values:
+            if value in item:
+                item = item.replace(value, NOT_SENT)
+        return item
+    if isinstance(item, dict):
+        for key, inner in item.items():
+            item[key] = _scrub(inner, values)
+    elif isinstance(item, list):
+        item[:] = [_scrub(inner, values) for inner in item]
+    elif isinstance(item, tuple):
+        return tuple(_scrub(inner, values) for inner in item)
+    return item
+
+
+def _scrub_running(item: Any) -> Any:
+    values = _searched.get()
+    return _scrub(item, values) if values else item
+
+
+#: The searched-for string arguments of the task this process (thread, greenlet) runs.
+_searched: ContextVar[tuple[str, ...]] = ContextVar("celery_policies_searched", default=())
 
 
 def _screen_transaction(before: Callable[..., Any] | None,
@@ -505,6 +577,7 @@ def _screen_transaction(before: Callable[..., Any] | None,
                 return None
         if not include_args:
             _strip_arguments(event)
+            _scrub_running(event)
         return event
 
     return _marked(screen)
@@ -522,7 +595,7 @@ def _screen_breadcrumb(before: Callable[..., Any] | None,
     def screen(crumb: dict[str, Any], hint: dict[str, Any]) -> Any:
         if _is_screened_crumb(crumb):
             return None
-        return crumb if before is None else before(crumb, hint)
+        return _scrub_running(crumb if before is None else before(crumb, hint))
 
     return _marked(screen)
 
@@ -539,7 +612,7 @@ def _screen_log(before: Callable[..., Any] | None,
         if (_attribute(attributes, "logger.name") in IGNORED_LOGGERS
                 or _attribute(attributes, "sentry.message.template") == REDO_FORMAT):
             return None
-        return record if before is None else before(record, hint)
+        return _scrub_running(record if before is None else before(record, hint))
 
     return _marked(screen)
 

@@ -23,9 +23,11 @@ from celery import Celery
 
 from celery_policies.routes import REDO_MARK
 from tests.support import proj
+from tests.support.deadletters import of, read
 from tests.support.sentry import Recorder, recording
 from tests.support.workers import (
     Worker,
+    attempts,
     delete_queue,
     iter_lines,
     wait_for,
@@ -143,4 +145,31 @@ def test_an_applications_own_sentry_set_up_sends_no_argument_by_any_path(
     logs = recorder.logs()
     assert {log["attributes"].get("app_hook", {}).get("value") for log in logs} == {"log"}
     # ... and none carries the task's argument.
+    assert marker.encode() not in recorder.raw(), recorder.where(marker)
+
+
+@pytest.mark.parametrize("init", ["plugin", "app"])
+def test_a_task_rejected_for_good_is_one_event_one_dead_letter_and_one_callback(
+        broker: str, client: Celery, recorder: Recorder, worker: Any, key: str,
+        counters: Any, init: str) -> None:
+    """``Reject(requeue=False)`` under ``acks_late`` ends the task for good; Celery 5.7 also
+    stores FAILURE and sends ``task_failure`` for it, from the worker's main process
+    (celery/worker/request.py ``on_failure``). Still: one event, one set of routes."""
+    started = worker(**({"TEST_SENTRY_APP_INIT": "1"} if init == "app" else {}))
+    marker = f"marker-{uuid.uuid4().hex}"
+    task_id = str(client.send_task("proj.sentry.rejecting", args=[key, marker],
+                                   queue=started.queue).id)
+    dlq = f"{started.queue}.dlq"
+    assert wait_for(lambda: of(read(broker, dlq), task_id), timeout=30), started.log
+    assert wait_for(lambda: attempts(counters, f"{key}:callback"), timeout=30), started.log
+    events = recorder.wait(lambda event: task_id in json.dumps(event), count=1)
+    assert len(events) == 1, [event.get("tags") for event in events]
+    [event] = events
+    assert event["tags"]["celery.task_id"] == task_id
+    assert event["tags"]["failure_reason"] == "rejected"
+    assert event["tags"]["dead_lettered"] == dlq
+    assert event["exception"]["values"][-1]["type"] == "Reject"
+    assert len(of(read(broker, dlq), task_id)) == 1
+    assert len(attempts(counters, f"{key}:callback")) == 1
+    assert len(attempts(counters, key)) == 1  # it ran once
     assert marker.encode() not in recorder.raw(), recorder.where(marker)
