@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import sentry_sdk
 from celery import Celery
 
 from celery_policies.routes import REDO_MARK
@@ -173,3 +174,27 @@ def test_a_task_rejected_for_good_is_one_event_one_dead_letter_and_one_callback(
     assert len(attempts(counters, f"{key}:callback")) == 1
     assert len(attempts(counters, key)) == 1  # it ran once
     assert marker.encode() not in recorder.raw(), recorder.where(marker)
+
+
+@pytest.mark.skipif(not hasattr(sentry_sdk, "data_collection"),
+                    reason="this sentry-sdk has no data_collection option")
+@pytest.mark.parametrize("queues", [True, False])
+def test_with_include_args_the_applications_data_collection_decides(
+        broker: str, client: Celery, recorder: Recorder, worker: Any, key: str,
+        queues: bool) -> None:
+    """``include_args: true`` sends a task's arguments in the plugin's context only where
+    the application's ``data_collection`` collects queue data (its ``queues`` category,
+    which governs CeleryIntegration's own copy of them)."""
+    collection = {"queues": queues, "stack_frame_variables": False}
+    started = worker(TEST_SENTRY_APP_INIT="1", TEST_SENTRY_INCLUDE_ARGS="true",
+                     TEST_SENTRY_DATA_COLLECTION=json.dumps(collection))
+    marker = f"marker-{uuid.uuid4().hex}"
+    task_id = str(client.send_task("proj.sentry.leaky", args=[key, marker],
+                                   queue=started.queue).id)
+    [event] = recorder.wait(lambda event: task_id in json.dumps(event), count=1)
+    context = event["contexts"]["celery_policies"]
+    if queues:
+        assert context["arguments"] == {"args": [key, marker], "kwargs": {}}
+    else:
+        assert "arguments" not in context
+        assert "args" not in event["extra"]["celery-job"]  # CeleryIntegration agrees
