@@ -21,6 +21,12 @@ The Celery and sentry-python traps this module exists for:
   task's arguments in their ``extra``. Those loggers are ignored, those lines dropped.
 * sentry_sdk sends stack-frame locals by default (sentry-python#7582), and a task's arguments
   are locals of its frames: unless ``include_args``, every frame's ``vars`` are removed.
+* Arguments travel by more than events: CeleryIntegration's ``celery-job`` extra rides on
+  transactions too, log lines become breadcrumbs and Sentry Logs, and other integrations quote
+  them in spans. Every hook sentry_sdk offers for those is screened, around the application's.
+* ``Reject(requeue=False)`` ends a task for good, but only Celery 5.7 sends ``task_failure``
+  for it, from the main process without the task's request (celery#4222): it is reported,
+  once, with the failure routes.
 * A prefork child inherits the main process's transport: its queue, locks and sockets, maybe
   mid-use by a thread the child does not have (sentry-python#6164). A child forked after the
   main process had reported an event held its own first event until a second one came; each
