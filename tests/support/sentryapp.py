@@ -15,6 +15,7 @@ Also here: ``proj.sentry.rejecting``, a task that rejects its message for good.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from typing import Any
@@ -45,7 +46,7 @@ def init() -> None:
         "send_default_pii": True, "traces_sample_rate": 1.0,
         "before_send": _mark("event"), "before_send_transaction": _mark("transaction"),
         "before_breadcrumb": _mark("breadcrumb")}
-    if "enable_logs" in sentry_sdk.consts.ClientConstructor.__init__.__code__.co_varnames:
+    if "enable_logs" in inspect.signature(sentry_sdk.consts.ClientConstructor).parameters:
         options.update(enable_logs=True, before_send_log=_mark("log"))
     else:  # older sentry-sdk: Sentry Logs were an experiment
         options["_experiments"] = {"enable_logs": True, "before_send_log": _mark("log")}
