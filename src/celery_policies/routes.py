@@ -52,6 +52,7 @@ from .deadletter import (
 )
 from .redelivery import REDELIVERIES_HEADER, RedeliveriesExhausted, lost
 from .retrying import FIRST_ATTEMPT_HEADER, GAVE_UP_ATTR
+from .screening import publishing_routes
 
 log = logging.getLogger("celery_policies")
 
@@ -257,7 +258,8 @@ def routed_request_class(request: str | type[Request], router: FailureRouter) ->
                          reason: str) -> None:
             self._celery_policies_routed = True
             try:
-                ok = router.route(self, exc, traceback, reason)
+                with publishing_routes():  # what the broker's client records quotes the message
+                    ok = router.route(self, exc, traceback, reason)
             except Exception:
                 log.critical("could not take the failure routes of %s[%s]", self.name,
                              self.id, exc_info=True)

@@ -59,6 +59,7 @@ from .deadletter import exception_name
 from .redelivery import EXHAUSTED_FORMAT, RedeliveriesExhausted
 from .retrying import GAVE_UP_ATTR, GIVE_UP_LOGGER
 from .routes import REDO_FORMAT, REDO_LOGGER, REDO_MARK, failure_message, origin_queue
+from .screening import in_publishing_routes
 
 if TYPE_CHECKING:
     from .model import SentryConfig
@@ -241,7 +242,8 @@ class SentryReporter:
             if self._clear_breadcrumbs:
                 import sentry_sdk
 
-                sentry_sdk.get_isolation_scope().clear_breadcrumbs()
+                # Scope.get_isolation_scope: sentry-sdk 2.0 has no module-level function
+                sentry_sdk.Scope.get_isolation_scope().clear_breadcrumbs()
 
     def on_task_failure(self, sender: Any = None, exception: BaseException | None = None,
                         traceback: Any = None, **_: Any) -> None:
@@ -391,9 +393,11 @@ class SentryReporter:
         if crumbs:
             event["breadcrumbs"] = {"values": crumbs}
         if main:
-            # The main process's scope holds breadcrumbs of every task it has handled.
+            # The main process's scope holds breadcrumbs of every task it has handled. Both
+            # scopes: sentry-sdk 2.0 records a span's breadcrumb on the current scope.
             with sentry_sdk.isolation_scope() as scope:
                 scope.clear_breadcrumbs()
+                sentry_sdk.Scope.get_current_scope().clear_breadcrumbs()
                 sentry_sdk.capture_event(event, hint=hint)
         else:
             sentry_sdk.capture_event(event, hint=hint)
@@ -594,12 +598,13 @@ def _screen_breadcrumb(before: Callable[..., Any] | None,
     """A ``before_breadcrumb`` that drops the lines of ``IGNORED_LOGGERS`` (the message of a
     route not taken, Celery's lines with arguments), before the application's hook sees them.
     sentry_sdk's logging integration already ignores those loggers; this also covers a
-    breadcrumb recorded some other way, or a logger the application un-ignored."""
+    breadcrumb recorded some other way, or a logger the application un-ignored. It also drops
+    every breadcrumb recorded while failure routes publish (``screening.py``)."""
     if getattr(before, "_celery_policies", False):
         return before  # type: ignore[return-value]
 
     def screen(crumb: dict[str, Any], hint: dict[str, Any]) -> Any:
-        if _is_screened_crumb(crumb):
+        if _is_screened_crumb(crumb) or in_publishing_routes():
             return None
         return _scrub_running(crumb if before is None else before(crumb, hint))
 

@@ -15,6 +15,7 @@ import pytest
 
 from celery_policies.budget import LOCK_WAIT, WINDOW, EventBudget
 from celery_policies.routes import REDO_FORMAT, REDO_LOGGER
+from celery_policies.screening import publishing_routes
 from celery_policies.sentry import (
     EXPERIMENTS,
     MIN_SEARCHED_LENGTH,
@@ -215,6 +216,14 @@ def test_breadcrumbs_of_redo_lines_and_ignored_loggers_are_dropped_before_the_ap
     screen = _screen_breadcrumb(lambda crumb, hint: seen.append(crumb) or crumb)
     assert screen(crumb, {}) is None
     assert seen == []
+
+
+def test_breadcrumbs_recorded_while_failure_routes_publish_are_dropped() -> None:
+    """sentry-sdk 2.0's Redis integration quotes the LPUSH of a dead letter in a breadcrumb."""
+    crumb = {"category": "redis", "message": "LPUSH 'dlq' '{\"body\": ...}'"}
+    with publishing_routes():
+        assert _screen_breadcrumb(None)(dict(crumb), {}) is None
+    assert _screen_breadcrumb(None)(dict(crumb), {}) == crumb
 
 
 def test_other_breadcrumbs_go_through_the_applications_hook() -> None:
