@@ -20,6 +20,7 @@ from celery_policies.sentry import (
     EXPERIMENTS,
     MIN_SEARCHED_LENGTH,
     NOT_SENT,
+    SCREENED_HOOKS,
     _breadcrumbs,
     _delay,
     _install_screens,
@@ -298,8 +299,7 @@ def test_an_experimental_log_hook_is_chained_when_the_option_exists_too() -> Non
 def test_installing_the_screens_twice_wraps_each_hook_once() -> None:
     options = options_of(before_send_log=None)
     _install_screens(options, include_args=False)
-    first = {name: options[name] for name in ("before_send", "before_send_transaction",
-                                              "before_breadcrumb", "before_send_log")}
+    first = {name: options[name] for name in SCREENED_HOOKS}
     _install_screens(options, include_args=False)
     assert all(options[name] is hook for name, hook in first.items())
 
