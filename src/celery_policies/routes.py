@@ -53,10 +53,12 @@ from .deadletter import (
 )
 from .redelivery import REDELIVERIES_HEADER, RedeliveriesExhausted, lost
 from .retrying import FIRST_ATTEMPT_HEADER, GAVE_UP_ATTR
+from .screening import publishing_routes
 
 log = logging.getLogger("celery_policies")
 
-#: The CRITICAL line of a route that could not be taken: what, why, and the message as JSON.
+#: The CRITICAL line of a route that could not be taken: what, why, and the message as JSON
+#: (arguments included), on ``REDO_LOGGER`` alone.
 REDO_FORMAT = "could not %s (%r); to redo it by hand: %s"
 #: The WARNING naming a dead letter dropped to keep its queue at max_length.
 DROPPED_FORMAT = ("dead-letter queue %s is over max_length %d: dropped its oldest dead letter, "
@@ -69,6 +71,17 @@ UNLIMITED_FORMAT = ("dead-letter queue %s exists without the RabbitMQ limit max_
                     "asks for (x-max-length, set only when a queue is declared; it has none "
                     "or another): the workers drop its surplus themselves; delete the empty "
                     "queue to let RabbitMQ do it")
+#: What every formatted ``REDO_FORMAT`` line holds, however its arguments read.
+REDO_MARK = "; to redo it by hand: "
+#: The logger of the ``REDO_FORMAT`` lines. They hold a task's arguments, so the Sentry
+#: reporter has sentry_sdk's logging integration ignore it (no event, breadcrumb or Sentry
+#: Log); the worker's own log handlers write it like any other.
+REDO_LOGGER = "celery_policies.redo"
+redo_log = logging.getLogger(REDO_LOGGER)
+#: The CRITICAL line, on the package's logger, that says a route was not taken without the
+#: message: what, why, and where the message is. This one may reach Sentry.
+UNTAKEN_FORMAT = "failure route not taken: %s (%r); its message is logged in full by " \
+                 "the %s logger, to redo it by hand"
 #: Told of every final failure once its routes were tried: (request, exc, reason, all taken).
 FinalHook = Callable[[Any, BaseException, str, bool], None]
 
@@ -130,9 +143,10 @@ class FailureRouter:
                 else:
                     what = f"send {target} for failed {request.name}[{request.id}]"
                     message = self.callback_kwargs(request, failure)
-                log.critical(REDO_FORMAT, what, error,
-                             json.dumps({"route": kind, "target": target, "message": message},
-                                        default=repr))
+                log.critical(UNTAKEN_FORMAT, what, error, REDO_LOGGER)
+                redo_log.critical(REDO_FORMAT, what, error,
+                                  json.dumps({"route": kind, "target": target,
+                                              "message": message}, default=repr))
         return ok
 
     def failure_record(self, request: Any, envelope: Envelope, exc: BaseException,
@@ -217,6 +231,8 @@ def failure_message(exc: BaseException) -> str:
     """An exception's message as a person reads it."""
     if isinstance(exc, TimeLimitExceeded) and exc.args:  # str() gives "TimeLimitExceeded(2,)"
         return f"hard time limit ({exc.args[0]}s) exceeded"
+    if isinstance(exc, Reject):  # str() gives "('reason', False)"
+        return f"rejected without requeue: {exc.reason}"
     return str(exc)
 
 
@@ -272,7 +288,8 @@ def routed_request_class(request: str | type[Request], router: FailureRouter) ->
                          reason: str) -> None:
             self._celery_policies_routed = True
             try:
-                ok = router.route(self, exc, traceback, reason)
+                with publishing_routes():  # what the broker's client records quotes the message
+                    ok = router.route(self, exc, traceback, reason)
             except Exception:
                 log.critical("could not take the failure routes of %s[%s]", self.name,
                              self.id, exc_info=True)

@@ -21,6 +21,12 @@ The Celery and sentry-python traps this module exists for:
   task's arguments in their ``extra``. Those loggers are ignored, those lines dropped.
 * sentry_sdk sends stack-frame locals by default (sentry-python#7582), and a task's arguments
   are locals of its frames: unless ``include_args``, every frame's ``vars`` are removed.
+* Arguments travel by more than events: CeleryIntegration's ``celery-job`` extra rides on
+  transactions too, log lines become breadcrumbs and Sentry Logs, and other integrations quote
+  them in spans. Every hook sentry_sdk offers for those is screened, around the application's.
+* ``Reject(requeue=False)`` ends a task for good, but only Celery 5.7 sends ``task_failure``
+  for it, from the main process without the task's request (celery#4222): it is reported,
+  once, with the failure routes.
 * A prefork child inherits the main process's transport: its queue, locks and sockets, maybe
   mid-use by a thread the child does not have (sentry-python#6164). A child forked after the
   main process had reported an event held its own first event until a second one came; each
@@ -34,23 +40,26 @@ slow a task: every hook catches its own errors, and an event over budget costs a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from celery import Celery, signals
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 
 from .budget import EventBudget
 from .compat import running_task
 from .deadletter import exception_name
 from .redelivery import EXHAUSTED_FORMAT, RedeliveriesExhausted
 from .retrying import GAVE_UP_ATTR, GIVE_UP_LOGGER
-from .routes import REDO_FORMAT, failure_message, origin_queue
+from .routes import REDO_FORMAT, REDO_LOGGER, REDO_MARK, failure_message, origin_queue
+from .screening import in_publishing_routes
 
 if TYPE_CHECKING:
     from .model import SentryConfig
@@ -66,9 +75,12 @@ RETRY_HISTORY_HEADER = "celery_policies_retry_history"
 #: Retries kept in that header (the most recent), and the length kept of each message.
 HISTORY_LIMIT = 20
 HISTORY_MESSAGE_LIMIT = 200
-#: Failures Celery handles in the worker's main process; those reach no pool child.
+#: Failures reported from the worker's main process. The first five reach no pool child.
+#: ``Reject(requeue=False)`` does, but sends ``task_failure`` only from the main process and
+#: only from Celery 5.7 (celery#4222, compat.REJECT_SENDS_FAILURE), without the task's
+#: request: reported with the failure routes, where the request is, on every release.
 MAIN_PROCESS_FAILURES = (TimeLimitExceeded, WorkerLostError, RedeliveriesExhausted,
-                         SystemExit, KeyboardInterrupt)
+                         SystemExit, KeyboardInterrupt, Reject)
 
 #: Loggers whose records repeat a failure this module reports, or carry task arguments in
 #: their ``extra`` (celery/app/trace.py ``_log_error``, celery/worker/strategy.py "received").
@@ -76,7 +88,24 @@ MAIN_PROCESS_FAILURES = (TimeLimitExceeded, WorkerLostError, RedeliveriesExhaust
 #: privacy this is speed: each failing task writes two of these lines, and each would cost a
 #: breadcrumb and a Sentry Logs handler call in the pool process.
 IGNORED_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.worker.job",
-                   GIVE_UP_LOGGER)
+                   GIVE_UP_LOGGER, REDO_LOGGER)
+#: What replaces an argument value the screens remove.
+NOT_SENT = "[not sent: include_args is false]"
+#: Shortest string argument (characters) the screens also look for inside any text a pool
+#: process sends while it runs the task (a span of another integration, a log line, an
+#: exception message built from it). Shorter ones ("eu", "42") would blank unrelated text.
+MIN_SEARCHED_LENGTH = 8
+#: Most string arguments of one task searched for that way (the first found, depth first).
+MAX_SEARCHED_VALUES = 64
+#: sentry_sdk's hooks the plugin screens through, each wrapped around the application's own:
+#: ``before_send`` (errors and log events), ``before_send_transaction`` (tracing, whose
+#: events carry CeleryIntegration's ``celery-job`` extra too) and ``before_breadcrumb``
+#: exist in every sentry-sdk 2.x; ``before_send_log`` (Sentry Logs) is an option since Sentry
+#: Logs left ``_experiments``, and an experiment before that.
+SCREENED_HOOKS = ("before_send", "before_send_transaction", "before_breadcrumb",
+                  "before_send_log")
+#: Where sentry-sdk kept experimental options (``enable_logs``, ``before_send_log``).
+EXPERIMENTS = "_experiments"
 #: Log lines (logger, format) that repeat a main-process failure this module reports.
 DUPLICATE_LOG_LINES = frozenset({
     ("celery.worker.request", "Hard time limit (%ss) exceeded for %s[%s]"),
@@ -157,7 +186,11 @@ class SentryReporter:
             if ignore_for_logs is not None:
                 ignore_for_logs(name)
         options = sentry_sdk.get_client().options
-        options["before_send"] = _screen(options.get("before_send"), self.include_args)
+        # The application's data_collection, where sentry-sdk has it, decides over include_args
+        # whether the plugin may send arguments (its "queues" category: CeleryIntegration's
+        # arguments); include_args: false is never widened by it.
+        self.include_args = self.include_args and _queues_collected(options)
+        _install_screens(options, self.include_args)
         self._connect(celery_integration=sentry_sdk.get_client().get_integration("celery")
                       is not None)
         return logging.INFO, (f"celery-policies: reporting failures to Sentry through {how}; "
@@ -175,8 +208,10 @@ class SentryReporter:
             # CeleryIntegration gives each task a scope of its own, and flushes each pool
             # process as it exits (a second flush would wait twice on an endpoint that does
             # not answer). Without it, the plugin does both.
-            hooks += [(signals.task_prerun, self.on_task_prerun),
-                      (signals.worker_process_shutdown, self.on_process_shutdown)]
+            hooks.append((signals.worker_process_shutdown, self.on_process_shutdown))
+        self._clear_breadcrumbs = not celery_integration
+        if self._clear_breadcrumbs or not self.include_args:
+            hooks.append((signals.task_prerun, self.on_task_prerun))
         if self.config.report_retries == "event":
             hooks.append((signals.task_retry, self.on_task_retry))
         elif self.config.report_retries == "breadcrumb":
@@ -195,13 +230,20 @@ class SentryReporter:
             if client.is_active() and getattr(client, "transport", None) is not None:
                 client.transport = make_transport(client.options)
 
-    def on_task_prerun(self, **_: Any) -> None:
-        """Without CeleryIntegration a pool child's scope outlives its tasks: start each task
-        with no breadcrumbs, so an event shows only its own."""
+    def on_task_prerun(self, args: Any = None, kwargs: Any = None, **_: Any) -> None:
+        """A task starts: unless ``include_args``, its string arguments become what the
+        screens search for in what this process sends until the next task starts (a task's
+        transaction is sent after it ends). Without CeleryIntegration a pool child's scope
+        outlives its tasks: start each task with no breadcrumbs, so an event shows only its
+        own."""
         with _guard("start a task's Sentry scope"):
-            import sentry_sdk
+            if not self.include_args:
+                _searched.set(_searched_values((args, kwargs)))
+            if self._clear_breadcrumbs:
+                import sentry_sdk
 
-            sentry_sdk.get_isolation_scope().clear_breadcrumbs()
+                # Scope.get_isolation_scope: sentry-sdk 2.0 has no module-level function
+                sentry_sdk.Scope.get_isolation_scope().clear_breadcrumbs()
 
     def on_task_failure(self, sender: Any = None, exception: BaseException | None = None,
                         traceback: Any = None, **_: Any) -> None:
@@ -270,7 +312,8 @@ class SentryReporter:
     # -- in the worker's main process -------------------------------------------------------
     def report_main(self, request: Any, exc: BaseException, reason: str, routed: bool) -> None:
         """A final failure the worker's main process handled: time limit, lost process,
-        exhausted redeliveries. ``routed``: whether every failure route was taken."""
+        exhausted redeliveries, a message rejected for good. ``routed``: whether every
+        failure route was taken."""
         if not isinstance(exc, MAIN_PROCESS_FAILURES):
             return
         with _guard(f"report the failure of {request.name}[{request.id}] to Sentry"):
@@ -350,9 +393,11 @@ class SentryReporter:
         if crumbs:
             event["breadcrumbs"] = {"values": crumbs}
         if main:
-            # The main process's scope holds breadcrumbs of every task it has handled.
+            # The main process's scope holds breadcrumbs of every task it has handled. Both
+            # scopes: sentry-sdk 2.0 records a span's breadcrumb on the current scope.
             with sentry_sdk.isolation_scope() as scope:
                 scope.clear_breadcrumbs()
+                sentry_sdk.Scope.get_current_scope().clear_breadcrumbs()
                 sentry_sdk.capture_event(event, hint=hint)
         else:
             sentry_sdk.capture_event(event, hint=hint)
@@ -420,6 +465,39 @@ def _delay(when: object) -> float | None:
     return max(0.0, (eta - datetime.now(timezone.utc)).total_seconds())
 
 
+def _install_screens(options: dict[str, Any], include_args: bool) -> None:
+    """Wrap each of sentry_sdk's hooks (``SCREENED_HOOKS``) that the installed sentry-sdk has
+    around the application's own. The client reads its hooks from ``options`` whenever it
+    sends, so replacing them here covers every item sent after this."""
+    options["before_send"] = _screen(options.get("before_send"), include_args)
+    options["before_send_transaction"] = _screen_transaction(
+        options.get("before_send_transaction"), include_args)
+    options["before_breadcrumb"] = _screen_breadcrumb(options.get("before_breadcrumb"))
+    # Sentry Logs: sentry_sdk reads ``before_send_log`` first, then the experiment's
+    # (sentry_sdk/utils.py get_before_send_log); older releases only the experiment's.
+    experiments = options.get(EXPERIMENTS)
+    if "before_send_log" in options:
+        app_hook = options.get("before_send_log") or (experiments or {}).get("before_send_log")
+        options["before_send_log"] = _screen_log(app_hook)
+    elif isinstance(experiments, dict):
+        experiments["before_send_log"] = _screen_log(experiments.get("before_send_log"))
+
+
+def _queues_collected(options: dict[str, Any]) -> bool:
+    """Whether the application's ``data_collection`` (sentry-sdk with that option, which
+    resolves it into ``options`` at init, ``provided_by_user`` when the application gave it)
+    lets task arguments be collected; True where it is absent or was not given."""
+    data_collection = options.get("data_collection")
+    if not isinstance(data_collection, dict) or not data_collection.get("provided_by_user"):
+        return True
+    return bool(data_collection.get("queues", True))
+
+
+def _marked(hook: Callable[..., Any]) -> Callable[..., Any]:
+    hook._celery_policies = True  # type: ignore[attr-defined]
+    return hook
+
+
 def _screen(before_send: Callable[..., Any] | None,
             include_args: bool) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
     """A ``before_send`` that drops duplicates and, unless ``include_args``, argument values,
@@ -430,29 +508,163 @@ def _screen(before_send: Callable[..., Any] | None,
     def screen(event: dict[str, Any], hint: dict[str, Any]) -> Any:
         if _is_duplicate(event):
             return None
+        _strip_redo_breadcrumbs(event)
         if before_send is not None:
             event = before_send(event, hint)
             if event is None:
                 return None
         if not include_args:
             _strip_arguments(event)
+            _scrub_running(event)
         return event
 
-    screen._celery_policies = True  # type: ignore[attr-defined]
-    return screen
+    return _marked(screen)
+
+
+def _searched_values(arguments: Any) -> tuple[str, ...]:
+    """The string leaves of a task's arguments worth searching for, each also as JSON and
+    ``repr`` escape it (a span or a log line quotes it that way), longest first."""
+    found: list[str] = []
+
+    def walk(value: Any, depth: int) -> None:
+        if len(found) >= MAX_SEARCHED_VALUES or depth > 8:
+            return
+        if isinstance(value, str):
+            if len(value) >= MIN_SEARCHED_LENGTH:
+                found.append(value)
+        elif isinstance(value, dict):
+            for inner in value.values():
+                walk(inner, depth + 1)
+        elif isinstance(value, list | tuple | set | frozenset):
+            for inner in value:
+                walk(inner, depth + 1)
+
+    walk(arguments, 0)
+    forms = {form for value in found
+             for form in (value, json.dumps(value)[1:-1], repr(value)[1:-1])}
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _scrub(item: Any, values: tuple[str, ...]) -> Any:
+    """``item`` with every occurrence of ``values`` in its strings replaced (in place for
+    dicts and lists, which sentry_sdk's hooks may modify)."""
+    if isinstance(item, str):
+        for value in values:
+            if value in item:
+                item = item.replace(value, NOT_SENT)
+        return item
+    if isinstance(item, dict):
+        for key, inner in item.items():
+            item[key] = _scrub(inner, values)
+    elif isinstance(item, list):
+        item[:] = [_scrub(inner, values) for inner in item]
+    elif isinstance(item, tuple):
+        return tuple(_scrub(inner, values) for inner in item)
+    return item
+
+
+def _scrub_running(item: Any) -> Any:
+    values = _searched.get()
+    return _scrub(item, values) if values else item
+
+
+#: The searched-for string arguments of the task this process (thread, greenlet) runs.
+_searched: ContextVar[tuple[str, ...]] = ContextVar("celery_policies_searched", default=())
+
+
+def _screen_transaction(before: Callable[..., Any] | None,
+                        include_args: bool) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
+    """A ``before_send_transaction``: CeleryIntegration puts its ``celery-job`` extra, with the
+    task's arguments under ``send_default_pii``, on each task's transaction too."""
+    if getattr(before, "_celery_policies", False):
+        return before  # type: ignore[return-value]
+
+    def screen(event: dict[str, Any], hint: dict[str, Any]) -> Any:
+        _strip_redo_breadcrumbs(event)
+        if before is not None:
+            event = before(event, hint)
+            if event is None:
+                return None
+        if not include_args:
+            _strip_arguments(event)
+            _scrub_running(event)
+        return event
+
+    return _marked(screen)
+
+
+def _screen_breadcrumb(before: Callable[..., Any] | None,
+                       ) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
+    """A ``before_breadcrumb`` that drops the lines of ``IGNORED_LOGGERS`` (the message of a
+    route not taken, Celery's lines with arguments), before the application's hook sees them.
+    sentry_sdk's logging integration already ignores those loggers; this also covers a
+    breadcrumb recorded some other way, or a logger the application un-ignored. It also drops
+    every breadcrumb recorded while failure routes publish (``screening.py``)."""
+    if getattr(before, "_celery_policies", False):
+        return before  # type: ignore[return-value]
+
+    def screen(crumb: dict[str, Any], hint: dict[str, Any]) -> Any:
+        if _is_screened_crumb(crumb) or in_publishing_routes():
+            return None
+        return _scrub_running(crumb if before is None else before(crumb, hint))
+
+    return _marked(screen)
+
+
+def _screen_log(before: Callable[..., Any] | None,
+                ) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
+    """A ``before_send_log`` (Sentry Logs) that drops the records of ``IGNORED_LOGGERS``
+    and any record of the "to redo it by hand" line, before the application's hook."""
+    if getattr(before, "_celery_policies", False):
+        return before  # type: ignore[return-value]
+
+    def screen(record: dict[str, Any], hint: dict[str, Any]) -> Any:
+        attributes = record.get("attributes") or {}
+        if (_attribute(attributes, "logger.name") in IGNORED_LOGGERS
+                or _attribute(attributes, "sentry.message.template") == REDO_FORMAT):
+            return None
+        return _scrub_running(record if before is None else before(record, hint))
+
+    return _marked(screen)
+
+
+def _attribute(attributes: dict[str, Any], name: str) -> Any:
+    """A Sentry Log attribute: its value, plain or ``{"value": ..., "type": ...}``."""
+    value = attributes.get(name)
+    return value.get("value") if isinstance(value, dict) else value
+
+
+def _is_screened_crumb(crumb: dict[str, Any]) -> bool:
+    if crumb.get("category") in IGNORED_LOGGERS:
+        return True
+    message = crumb.get("message")
+    # the logging integration gives a crumb the formatted line, not its template
+    return isinstance(message, str) and REDO_MARK in message
+
+
+def _strip_redo_breadcrumbs(event: dict[str, Any]) -> None:
+    """Breadcrumbs recorded before the screens were installed, or by a scope that did not
+    consult ``before_breadcrumb``, are screened once more on the event that carries them."""
+    crumbs = event.get("breadcrumbs")
+    values = crumbs.get("values") if isinstance(crumbs, dict) else crumbs
+    if isinstance(values, list):
+        values[:] = [crumb for crumb in values
+                     if not (isinstance(crumb, dict) and _is_screened_crumb(crumb))]
 
 
 def _is_duplicate(event: dict[str, Any]) -> bool:
     for value in (event.get("exception") or {}).get("values") or ():
         if (value.get("mechanism") or {}).get("type") == "celery":
             return True  # CeleryIntegration's own capture of a failing run
+    if event.get("logger") in IGNORED_LOGGERS:
+        return True
     entry = event.get("logentry") or {}
     return (event.get("logger"), entry.get("message")) in DUPLICATE_LOG_LINES
 
 
 def _strip_arguments(event: dict[str, Any]) -> None:
     """Remove every place a task's argument values travel: frame locals, CeleryIntegration's
-    ``celery-job`` extra, and the payload of the plugin's own "to redo it by hand" line."""
+    ``celery-job`` extra, and the payload of a "to redo it by hand" line."""
     for section in ("exception", "threads"):
         for value in (event.get(section) or {}).get("values") or ():
             for frame in (value.get("stacktrace") or {}).get("frames") or ():
@@ -461,9 +673,9 @@ def _strip_arguments(event: dict[str, Any]) -> None:
     if isinstance(job, dict):
         for key in ("args", "kwargs"):
             if key in job:
-                job[key] = "[not sent: include_args is false]"
+                job[key] = NOT_SENT
     entry = event.get("logentry") or {}
-    if event.get("logger") == "celery_policies" and entry.get("message") == REDO_FORMAT:
+    if entry.get("message") == REDO_FORMAT:
         params = list(entry.get("params") or ())[:2]
         entry["params"] = params
         entry["formatted"] = REDO_FORMAT % (*params, "see the worker's log")

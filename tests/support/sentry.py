@@ -99,17 +99,44 @@ class Recorder:
         with self._lock:
             return b"\n".join(self.bodies)
 
+    def where(self, needle: str) -> list[str]:
+        """Where ``needle`` occurs in what was received: ``type:path`` of each item's value
+        that holds it (for the message of a failed assertion)."""
+        with self._lock:
+            bodies = list(self.bodies)
+        found: list[str] = []
+
+        def walk(value: Any, path: str) -> None:
+            if isinstance(value, dict):
+                for key, inner in value.items():
+                    walk(inner, f"{path}.{key}")
+            elif isinstance(value, list):
+                for n, inner in enumerate(value):
+                    walk(inner, f"{path}[{n}]")
+            elif needle in str(value):
+                found.append(f"{path}: {str(value)[:160]}")
+
+        for body in bodies:
+            for item in parse_envelope(body):
+                walk(item.payload, str(item.header.get("type")))
+        return found
+
+    def items(self, kind: str) -> list[Any]:
+        """The payloads of every item of type ``kind`` (``event``, ``transaction``, ``log``...)
+        received so far."""
+        with self._lock:
+            bodies = list(self.bodies)
+        return [item.payload for body in bodies for item in parse_envelope(body)
+                if item.header.get("type") == kind]
+
     def events(self, predicate: Callable[[dict[str, Any]], bool] = lambda e: True,
                ) -> list[dict[str, Any]]:
         """Events (error and message events, not transactions) matching ``predicate``."""
-        with self._lock:
-            bodies = list(self.bodies)
-        found = []
-        for body in bodies:
-            for item in parse_envelope(body):
-                if item.header.get("type") == "event" and predicate(item.payload):
-                    found.append(item.payload)
-        return found
+        return [event for event in self.items("event") if predicate(event)]
+
+    def logs(self) -> list[dict[str, Any]]:
+        """Every Sentry Log received (each ``log`` item holds a batch of them)."""
+        return [log for batch in self.items("log") for log in batch.get("items") or ()]
 
     def of_task(self, task_id: str) -> list[dict[str, Any]]:
         """The events that name ``task_id``: the plugin's tag, or anywhere in the event."""

@@ -14,8 +14,24 @@ from typing import Any
 import pytest
 
 from celery_policies.budget import LOCK_WAIT, WINDOW, EventBudget
-from celery_policies.routes import REDO_FORMAT
-from celery_policies.sentry import _breadcrumbs, _delay, _screen
+from celery_policies.routes import REDO_FORMAT, REDO_LOGGER
+from celery_policies.screening import publishing_routes
+from celery_policies.sentry import (
+    EXPERIMENTS,
+    MIN_SEARCHED_LENGTH,
+    NOT_SENT,
+    SCREENED_HOOKS,
+    _breadcrumbs,
+    _delay,
+    _install_screens,
+    _queues_collected,
+    _screen,
+    _screen_breadcrumb,
+    _screen_log,
+    _screen_transaction,
+    _searched,
+    _searched_values,
+)
 
 FINGERPRINT = ["proj.task", "ValueError"]
 
@@ -124,6 +140,7 @@ def test_without_include_args_celery_integrations_job_extra_loses_its_arguments(
 
 
 def test_without_include_args_the_redo_line_keeps_what_failed_but_not_the_message() -> None:
+    """Should the redo logger ever reach Sentry (an application that un-ignores it)."""
     params = ["dead-letter proj.task[1] to dlq", "ConnectionError()",
               '{"message": {"args": ["s3cret"]}}']
     event = {"logger": "celery_policies", "level": "fatal",
@@ -148,6 +165,175 @@ def test_the_applications_before_send_still_decides() -> None:
 def test_screening_twice_wraps_once() -> None:
     screen = _screen(None, include_args=False)
     assert _screen(screen, include_args=False) is screen
+
+
+REDO_PARAMS = ["dead-letter proj.task[1] to dlq", "ConnectionError()",
+               '{"message": {"args": ["s3cret"]}}']
+REDO_LINE = REDO_FORMAT % tuple(REDO_PARAMS)
+
+
+def test_the_event_screen_removes_redo_breadcrumbs_recorded_before_it_was_installed() -> None:
+    crumbs = [{"category": "celery_policies", "message": REDO_LINE},
+              {"category": REDO_LOGGER, "message": "anything"},
+              {"category": "proj", "message": "kept"}]
+    event = _screen(None, include_args=False)(error_event(breadcrumbs={"values": crumbs}), {})
+    assert [crumb["message"] for crumb in event["breadcrumbs"]["values"]] == ["kept"]
+
+
+def test_a_transaction_loses_celery_integrations_arguments_after_the_applications_hook(
+        ) -> None:
+    seen = []
+
+    def before(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+        seen.append(event["extra"]["celery-job"]["args"])
+        return event
+
+    job = {"task_name": "proj.task", "args": ["s3cret"], "kwargs": {"k": "s3cret"}}
+    event = _screen_transaction(before, include_args=False)(
+        {"type": "transaction", "extra": {"celery-job": job}}, {})
+    assert "s3cret" not in repr(event)
+    assert seen == [["s3cret"]]  # the application's hook ran, first
+
+
+def test_with_include_args_a_transaction_keeps_its_arguments() -> None:
+    job = {"task_name": "proj.task", "args": ["s3cret"]}
+    event = _screen_transaction(None, include_args=True)({"extra": {"celery-job": job}}, {})
+    assert event["extra"]["celery-job"]["args"] == ["s3cret"]
+
+
+def test_the_applications_transaction_hook_still_decides() -> None:
+    screen = _screen_transaction(lambda event, hint: None, include_args=False)
+    assert screen({"extra": {}}, {}) is None
+
+
+@pytest.mark.parametrize("crumb", [
+    {"category": "celery_policies", "message": REDO_LINE},
+    {"category": REDO_LOGGER, "message": "could not ..."},
+    {"category": "celery.app.trace", "message": "Task raised unexpected"},
+])
+def test_breadcrumbs_of_redo_lines_and_ignored_loggers_are_dropped_before_the_app_sees_them(
+        crumb: dict[str, Any]) -> None:
+    seen: list[dict[str, Any]] = []
+    screen = _screen_breadcrumb(lambda crumb, hint: seen.append(crumb) or crumb)
+    assert screen(crumb, {}) is None
+    assert seen == []
+
+
+def test_breadcrumbs_recorded_while_failure_routes_publish_are_dropped() -> None:
+    """sentry-sdk 2.0's Redis integration quotes the LPUSH of a dead letter in a breadcrumb."""
+    crumb = {"category": "redis", "message": "LPUSH 'dlq' '{\"body\": ...}'"}
+    with publishing_routes():
+        assert _screen_breadcrumb(None)(dict(crumb), {}) is None
+    assert _screen_breadcrumb(None)(dict(crumb), {}) == crumb
+
+
+def test_other_breadcrumbs_go_through_the_applications_hook() -> None:
+    screen = _screen_breadcrumb(lambda crumb, hint: {**crumb, "seen": True})
+    assert screen({"category": "proj", "message": "hello"}, {}) == {
+        "category": "proj", "message": "hello", "seen": True}
+
+
+@pytest.mark.parametrize("attributes", [
+    {"logger.name": REDO_LOGGER},
+    {"logger.name": "celery_policies", "sentry.message.template": REDO_FORMAT},
+    {"logger.name": {"value": "celery.worker.strategy", "type": "string"}},
+])
+def test_sentry_logs_of_redo_lines_and_ignored_loggers_are_dropped(
+        attributes: dict[str, Any]) -> None:
+    assert _screen_log(None)({"body": REDO_LINE, "attributes": attributes}, {}) is None
+
+
+def test_other_sentry_logs_go_through_the_applications_hook() -> None:
+    screen = _screen_log(lambda log, hint: None)  # the application drops it
+    assert screen({"body": "hello", "attributes": {"logger.name": "proj"}}, {}) is None
+    kept = {"body": "hello", "attributes": {"logger.name": "proj"}}
+    assert _screen_log(None)(dict(kept), {}) == kept
+
+
+def options_of(**values: Any) -> dict[str, Any]:
+    return {"before_send": None, "before_send_transaction": None, "before_breadcrumb": None,
+            EXPERIMENTS: {}, **values}
+
+
+def test_every_hook_is_screened_and_the_applications_own_still_run() -> None:
+    calls: list[str] = []
+
+    def hook(name: str) -> Any:
+        return lambda item, hint: calls.append(name) or item
+
+    options = options_of(before_send=hook("event"),
+                         before_send_transaction=hook("transaction"),
+                         before_breadcrumb=hook("breadcrumb"), before_send_log=hook("log"))
+    _install_screens(options, include_args=False)
+    options["before_send"](error_event(), {})
+    options["before_send_transaction"]({"extra": {}}, {})
+    options["before_breadcrumb"]({"category": "proj"}, {})
+    options["before_send_log"]({"body": "x", "attributes": {}}, {})
+    assert calls == ["event", "transaction", "breadcrumb", "log"]
+    assert options["before_breadcrumb"]({"category": REDO_LOGGER}, {}) is None
+
+
+def test_an_sdk_with_sentry_logs_only_as_an_experiment_gets_its_log_screen_there() -> None:
+    """sentry-sdk before ``before_send_log`` was an option kept it in ``_experiments``."""
+    seen: list[str] = []
+    options = options_of(**{EXPERIMENTS: {"enable_logs": True,
+                                          "before_send_log": lambda log, hint: seen.append(
+                                              "app") or log}})
+    _install_screens(options, include_args=False)
+    assert "before_send_log" not in options
+    screen = options[EXPERIMENTS]["before_send_log"]
+    assert screen({"body": "x", "attributes": {"logger.name": REDO_LOGGER}}, {}) is None
+    assert screen({"body": "x", "attributes": {}}, {}) is not None
+    assert seen == ["app"]
+
+
+def test_an_experimental_log_hook_is_chained_when_the_option_exists_too() -> None:
+    seen: list[str] = []
+    options = options_of(before_send_log=None, **{EXPERIMENTS: {
+        "before_send_log": lambda log, hint: seen.append("app") or log}})
+    _install_screens(options, include_args=False)
+    options["before_send_log"]({"body": "x", "attributes": {}}, {})
+    assert seen == ["app"]
+
+
+def test_installing_the_screens_twice_wraps_each_hook_once() -> None:
+    options = options_of(before_send_log=None)
+    _install_screens(options, include_args=False)
+    first = {name: options[name] for name in SCREENED_HOOKS}
+    _install_screens(options, include_args=False)
+    assert all(options[name] is hook for name, hook in first.items())
+
+
+@pytest.mark.parametrize(("data_collection", "collected"), [
+    (None, True),  # a sentry-sdk without the option
+    ({"provided_by_user": False, "queues": False}, True),  # derived from send_default_pii
+    ({"provided_by_user": True, "queues": True}, True),
+    ({"provided_by_user": True, "queues": False}, False),
+])
+def test_the_applications_data_collection_decides_whether_arguments_are_collected(
+        data_collection: dict[str, Any] | None, collected: bool) -> None:
+    assert _queues_collected({"data_collection": data_collection}) is collected
+
+
+def test_a_running_tasks_long_string_arguments_are_searched_in_every_form() -> None:
+    values = _searched_values((["s3cret-value", "short", 12345678], {"k": {"n": ['q"uote-x']}}))
+    assert "short" not in values
+    assert {"s3cret-value", 'q"uote-x', 'q\\"uote-x'} <= set(values)
+    assert all(len(value) >= MIN_SEARCHED_LENGTH for value in values)
+
+
+def test_a_running_tasks_arguments_are_removed_from_any_text_of_any_item() -> None:
+    token = _searched.set(_searched_values((["s3cret-value"], {})))
+    try:
+        span = {"description": "RPUSH 'key' '[\"s3cret-value\"]'"}
+        event = _screen(None, include_args=False)(error_event(spans=[span]), {})
+        crumb = _screen_breadcrumb(None)({"category": "proj", "message": "got s3cret-value"},
+                                         {})
+        log = _screen_log(None)({"body": "got s3cret-value", "attributes": {}}, {})
+    finally:
+        _searched.reset(token)
+    assert "s3cret-value" not in repr((event, crumb, log))
+    assert crumb["message"] == f"got {NOT_SENT}"
 
 
 def test_delays_come_from_countdowns_and_etas() -> None:
