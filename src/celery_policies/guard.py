@@ -24,6 +24,8 @@ log = logging.getLogger("celery_policies")
 GUARD_FORMAT = "celery-policies: could not %s (%r); %s"
 #: What happens instead, when the caller does not say.
 CARRY_ON = "carrying on without it"
+#: What happens instead in a worker request's handlers and the task's run.
+TO_CELERY = "leaving the task to Celery"
 
 
 class guard:

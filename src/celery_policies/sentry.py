@@ -253,13 +253,13 @@ class SentryReporter:
         that the final failure, wherever it happens, shows each one."""
         if not headers:
             return
-        task = running_task()
-        if task is None or task.request.id != headers.get("id"):
-            return
-        retry = int(headers.get("retries") or 0)
-        if retry != int(task.request.retries or 0) + 1:
-            return
         with _guard("record a retry for Sentry"):
+            task = running_task()
+            if task is None or task.request.id != headers.get("id"):
+                return
+            retry = int(headers.get("retries") or 0)
+            if retry != int(task.request.retries or 0) + 1:
+                return
             exc = sys.exc_info()[1]
             entry = {"retry": retry, "delay": round(_delay(headers.get("eta")) or 0.0, 2),
                      "exception": exception_name(type(exc)) if exc else None,
