@@ -25,6 +25,7 @@ import celery_policies.runtime
 import celery_policies.sentry
 from celery_policies import install
 from celery_policies.guard import GUARD_FORMAT
+from celery_policies.model import SentryConfig
 from celery_policies.redelivery import REDELIVERIES_HEADER, capped_request_class
 from celery_policies.retrying import FIRST_ATTEMPT_HEADER, wrap_run
 from celery_policies.routes import FailureRouter, routed_request_class
@@ -42,9 +43,9 @@ class CeleryRequest:
 
     name = "proj.task"
     id = "0f0f"
-    request_dict: dict[str, Any] = {}
 
     def __init__(self) -> None:
+        self.request_dict: dict[str, Any] = {}
         self.failures: list[ExceptionInfo] = []
         self.timeouts: list[tuple[bool, float]] = []
 
@@ -166,8 +167,6 @@ def test_a_fault_choosing_the_publish_retry_policy_publishes_with_celery_s(
 
 def test_a_fault_in_the_sentry_publish_hook_lets_the_publish_go_on(
         monkeypatch: pytest.MonkeyPatch, logged: pytest.LogCaptureFixture) -> None:
-    from celery_policies.model import SentryConfig
-
     reporter = SentryReporter(Celery("guards", set_as_current=False), SentryConfig(),
                               Runtime(Celery("guards", set_as_current=False), None))
     monkeypatch.setattr(celery_policies.sentry, "running_task", broken)
