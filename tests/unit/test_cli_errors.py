@@ -154,3 +154,14 @@ def test_the_help_states_the_default_broker_timeout_and_its_variable() -> None:
     assert f"default: {DEFAULT_BROKER_TIMEOUT:g}" in text or \
         f"default: {DEFAULT_BROKER_TIMEOUT}" in text
     assert BROKER_TIMEOUT_ENV in text
+
+
+def test_check_of_an_app_with_an_invalid_broker_url_lints_without_the_broker_rules(
+        tmp_path: Path) -> None:
+    """``check`` does not connect; it reads the broker's kind, which such a URL has none of."""
+    app = write_app(tmp_path, "foo://x")
+    (tmp_path / "policies.yaml").write_text("version: 1\npolicies:\n  - match: '*'\n"
+                                            "    max_retries: 2\n")
+    result, _ = run("check", "--app", app, "policies.yaml", cwd=tmp_path)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 0, result.stderr
