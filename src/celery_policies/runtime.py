@@ -53,6 +53,8 @@ give_up_log = logging.getLogger(GIVE_UP_LOGGER)
 DEFAULT_FILE = "policies.yaml"
 #: Exit status of a worker refused because of its policies (sysexits.h EX_CONFIG).
 EXIT_CONFIG = 78
+#: What a worker that cannot apply the policies does instead.
+WORKER_REFUSES = "the worker does not start"
 #: What a pool process that cannot apply the policies does instead.
 CHILD_REFUSES = "this pool process runs no task and the worker stops"
 
@@ -459,9 +461,14 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
     runtime = runtime_of(app)
     if runtime is None:
-        if app is None or named_file(app, getattr(sender, "options", None) or {}) is None:
-            return  # an app that neither installs the plugin nor names a file: hands off
-        runtime = install(app)  # celery -A proj worker --policies FILE, no line of code
+        with guard("set up the policies", WORKER_REFUSES, level=logging.CRITICAL) as step:
+            if app is None or named_file(app, getattr(sender, "options", None) or {}) is None:
+                return  # an app that neither installs the plugin nor names a file: hands off
+            runtime = install(app)  # celery -A proj worker --policies FILE, no line of code
+        if step.failed or runtime is None:
+            refuse(["celery-policies: could not set up the policies; the worker does not "
+                    "start"])
+            return
     runtime.on_worker_init(sender)
 
 

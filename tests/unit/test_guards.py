@@ -198,3 +198,22 @@ def test_a_pool_process_that_cannot_apply_the_policies_refuses_to_run_tasks(
     assert asked == [(os.getppid(), signal.SIGTERM)]
     record = one_guard_line(logged, "plugin fault")
     assert record.levelno == logging.CRITICAL
+
+
+def test_a_fault_before_the_policies_are_applied_refuses_the_worker(
+        monkeypatch: pytest.MonkeyPatch, logged: pytest.LogCaptureFixture) -> None:
+    """``celery worker --policies FILE`` with no line of code: a fault while the plugin
+    installs itself must stop the worker, not let it run without the policies it was
+    given (Celery's dispatch of ``worker_init`` logs and swallows an ``Exception``)."""
+    monkeypatch.setattr(celery_policies.runtime, "install", broken)
+    celery_policies.runtime.connect_receivers()
+
+    class Worker:
+        app = Celery("guards", set_as_current=False)
+        options = {"policies": "policies.yaml"}
+
+    with pytest.raises(WorkerRefused) as caught:
+        signals.worker_init.send(sender=Worker())
+    assert caught.value.code == EXIT_CONFIG
+    record = one_guard_line(logged, "plugin fault")
+    assert record.levelno == logging.CRITICAL
