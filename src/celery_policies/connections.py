@@ -53,7 +53,9 @@ def connect(make: Callable[[], Connection], timeout: float, what: str) -> Connec
     try:
         given = make()
         driver = given.transport.driver_type
-    except (KeyError, ValueError, ImportError, TypeError) as exc:
+    except ImportError as exc:  # the transport's client library (redis, librabbitmq...)
+        raise BrokerError(f"cannot use the broker URL {_safe(what)}: {exc}") from exc
+    except (KeyError, ValueError, TypeError) as exc:
         reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise BrokerError(f"invalid broker URL {_safe(what)}: {reason}") from exc
     options = dict(given.transport_options or {})
@@ -88,4 +90,10 @@ def describe(app: Any, url: str | None) -> str:
     """The broker a command talks to, for messages: ``url``, else the app's setting."""
     if url:
         return url
-    return str(getattr(app.conf, "broker_write_url", None) or app.conf.broker_url or "")
+    configured = getattr(app.conf, "broker_write_url", None) or app.conf.broker_url
+    if configured:
+        return str(configured)
+    try:  # no URL set: Celery's default (amqp://guest@localhost//)
+        return str(app.connection_for_write().as_uri())
+    except Exception:
+        return "the app's default broker"
