@@ -13,7 +13,7 @@ both. Workers are not affected: only the commands open these connections.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from kombu.connection import Connection
@@ -66,21 +66,31 @@ def connect(make: Callable[[], Connection], timeout: float, what: str) -> Connec
     try:
         connection.ensure_connection(max_retries=0, timeout=timeout)
     except Exception as exc:
-        connection.release()
+        drop(connection)
         raise BrokerError(f"cannot reach the broker at {_safe(what)} within "
                           f"{timeout:g}s: {exc or type(exc).__name__}") from exc
     return connection
+
+
+def broker_errors(connection: Connection) -> tuple[type[BaseException], ...]:
+    """What a broker that stops answering, or drops the connection, raises."""
+    return (*connection.connection_errors, TimeoutError, ConnectionError, OperationalError)
+
+
+def drop(connection: Connection) -> None:
+    """Let go of a connection whose broker does not answer, without the goodbyes a polite
+    close waits for (AMQP's ``channel.close``/``connection.close``): kombu's ``collect``."""
+    with suppress(Exception):
+        connection.collect()
 
 
 @contextmanager
 def talking(connection: Connection, timeout: float, what: str) -> Iterator[None]:
     """Turn a broker that stops answering, or drops the connection, while a command uses
     it into one ``BrokerError`` (``what``: the broker URL as the user gave it)."""
-    errors: tuple[type[BaseException], ...] = (*connection.connection_errors, TimeoutError,
-                                               ConnectionError, OperationalError)
     try:
         yield
-    except errors as exc:
+    except broker_errors(connection) as exc:
         raise BrokerError(f"cannot reach the broker at {_safe(what)}: "
                           f"{exc or type(exc).__name__} (waiting at most {timeout:g}s for "
                           "each answer)") from exc

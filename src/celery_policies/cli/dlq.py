@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from ..connections import BrokerError, connect, describe, talking
+from ..connections import BrokerError, broker_errors, connect, describe, drop, talking
 from ..deadletter import DeadLetter, Publisher
 from ..dlq import Filters, purge, replay, select, targets
 from ..durations import parse_duration
@@ -94,7 +94,7 @@ def _open(ctx: click.Context, app_name: str | None, broker: str | None,
             with talking(connection, timeout, where):
                 store = open_store(connection, name)
         except BaseException:
-            connection.release()
+            drop(connection)
             raise
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -102,12 +102,19 @@ def _open(ctx: click.Context, app_name: str | None, broker: str | None,
         with talking(connection, timeout, where):
             try:
                 yield store, connection
-            finally:
+            except broker_errors(connection):
+                raise  # no goodbyes to a broker that does not answer: dropped below
+            except BaseException:
                 store.close()
+                raise
+            store.close()
     except BrokerError as exc:
+        drop(connection)
         raise click.ClickException(str(exc)) from exc
-    finally:
+    except BaseException:
         connection.release()
+        raise
+    connection.release()
 
 
 def _file_queue(app: Any) -> str:

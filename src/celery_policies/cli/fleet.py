@@ -9,7 +9,7 @@ import click
 from celery import Celery
 from rich.table import Table
 
-from ..connections import BrokerError, connect, describe, talking
+from ..connections import BrokerError, connect, describe, drop, talking
 from ..errors import PolicyFileError
 from ..fleet import DEFAULT_TIMEOUT, DRIFT, OK, Fleet, Reference, ask, file_reference, judge
 from ..loader import load_policies
@@ -55,8 +55,13 @@ def fleet(ctx: click.Context, app_name: str | None, path: str | None, timeout: f
         try:
             with talking(connection, wait, where):
                 answers = ask(app, timeout, workers, connection)
-        finally:
+        except BrokerError:
+            drop(connection)  # no goodbyes to a broker that does not answer
+            raise
+        except BaseException:
             connection.release()
+            raise
+        connection.release()
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
     verdict = judge(answers, reference, expect=expect or 0, names=workers, timeout=timeout)
