@@ -25,6 +25,7 @@ def console() -> Console:
     return Console(highlight=False, width=width, file=sys.stdout)
 
 
+#: Where ``--broker-timeout`` keeps its value for the command (click's ``ctx.meta``).
 _TIMEOUT_KEY = "celery_policies.broker_timeout"
 
 
