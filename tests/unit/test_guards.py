@@ -209,8 +209,9 @@ def test_a_fault_before_the_policies_are_applied_refuses_the_worker(
     celery_policies.runtime.connect_receivers()
 
     class Worker:
-        app = Celery("guards", set_as_current=False)
-        options = {"policies": "policies.yaml"}
+        def __init__(self) -> None:
+            self.app = Celery("guards", set_as_current=False)
+            self.options = {"policies": "policies.yaml"}
 
     with pytest.raises(WorkerRefused) as caught:
         signals.worker_init.send(sender=Worker())
