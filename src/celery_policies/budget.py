@@ -8,7 +8,8 @@ forks, and every child updates it under one lock.
 
 A child killed while it holds the lock (SIGKILL, OOM) would leave it held for good: the lock
 is only ever waited for briefly, and a process that cannot get it sends its event anyway.
-Reporting must never stall a task.
+Reporting must never stall a task, and worker shutdown never waits for the lock longer than
+``SHUTDOWN_LOCK_WAIT``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ WINDOW = 60.0
 SLOTS = 1024
 #: How long a process waits for the table's lock before sending without counting, in seconds.
 LOCK_WAIT = 0.05
+#: How long worker shutdown waits for the lock to say how many events were held back, in
+#: seconds; after it the count is read without the lock (a best-effort figure).
+SHUTDOWN_LOCK_WAIT = 1.0
 _PROBES = 16
 
 
@@ -65,10 +69,17 @@ class EventBudget:
         finally:
             self._lock.release()
 
-    def held_back(self) -> int:
-        """Events counted and not yet reported by a later event, over all fingerprints."""
-        with self._lock:
+    def held_back(self, wait: float = SHUTDOWN_LOCK_WAIT) -> int:
+        """Events counted and not yet reported by a later event, over all fingerprints.
+
+        Read at worker shutdown, which must finish even when a pool process died holding
+        the lock: after ``wait`` seconds the counters are read without it."""
+        locked = self._lock.acquire(timeout=wait)
+        try:
             return sum(int(slot.suppressed) for slot in self._slots)
+        finally:
+            if locked:
+                self._lock.release()
 
     def _slot(self, key: int, now: float) -> _Slot:
         size = len(self._slots)

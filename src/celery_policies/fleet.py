@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import Celery
 from celery.app.control import flatten_reply
+from kombu.connection import Connection
 
 from .appinfo import registered_tasks
 from .control import COMMAND
@@ -76,18 +77,20 @@ class WorkerStatus:
     status: str
 
 
-def ask(app: Celery, timeout: float = DEFAULT_TIMEOUT,
-        names: Sequence[str] = ()) -> list[Answer]:
+def ask(app: Celery, timeout: float = DEFAULT_TIMEOUT, names: Sequence[str] = (),
+        connection: Connection | None = None) -> list[Answer]:
     """Broadcast ``inspect policies`` and return the answers received within ``timeout``
     seconds, by worker name.
 
     ``Inspect`` has no public way to send a command it does not define (``_request`` is
     private), so this calls ``Control.broadcast`` as ``Inspect`` does. With ``names`` only
     those workers are asked, and the wait ends once all of them have answered (kombu limits
-    the replies to the number of destinations). Broker errors propagate.
+    the replies to the number of destinations). ``connection``: the broker connection to
+    use (by default the app's). Broker errors propagate.
     """
     replies = app.control.broadcast(COMMAND, arguments={"tasks": False}, reply=True,
-                                    timeout=timeout, destination=list(names) or None)
+                                    timeout=timeout, destination=list(names) or None,
+                                    connection=connection)
     by_worker: dict[str, Any] = flatten_reply(replies or [])
     return [Answer.from_reply(worker, reply) for worker, reply in sorted(by_worker.items())]
 

@@ -26,6 +26,7 @@ from kombu.utils.imports import symbol_by_name
 
 from .compat import EXIT_IS_LOST_WORKER, cancelled, request_context
 from .errors import PolicyError
+from .guard import TO_CELERY, guard
 
 log = logging.getLogger("celery_policies")
 
@@ -56,16 +57,21 @@ def capped_request_class(request: str | type[Request], max_redeliveries: int) ->
     class CappedRequest(base):  # type: ignore[misc]
         def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True,
                        return_ok: bool = False) -> Any:
-            exc = exc_info.exception
-            if isinstance(exc, ExceptionWithTraceback):
-                exc = exc.exc
-            if lost(self, exc):
-                done = int(self.request_dict.get(REDELIVERIES_HEADER) or 0)
-                if done < max_redeliveries:
-                    if self._redeliver(done + 1, exc):
-                        return None
-                else:
-                    exc_info = _exhausted(self, exc, done)
+            given = exc_info
+            with guard(f"count the redeliveries of {self.name}[{self.id}]",
+                       TO_CELERY) as step:
+                exc = exc_info.exception
+                if isinstance(exc, ExceptionWithTraceback):
+                    exc = exc.exc
+                if lost(self, exc):
+                    done = int(self.request_dict.get(REDELIVERIES_HEADER) or 0)
+                    if done < max_redeliveries:
+                        if self._redeliver(done + 1, exc):
+                            return None
+                    else:
+                        exc_info = _exhausted(self, exc, done)
+            if step.failed:
+                exc_info = given
             return super().on_failure(exc_info, send_failed_event, return_ok)
 
         def _redeliver(self, count: int, exc: BaseException) -> bool:

@@ -20,7 +20,9 @@ from celery.app.task import Task
 from celery.exceptions import Ignore, Reject, Retry
 
 from .backoff import GiveUp, GiveUpReason, RetrySettings
+from .backoff import Retry as Delay
 from .compat import celery_original_run, clear_max_retries_override
+from .guard import TO_CELERY, guard
 
 log = logging.getLogger("celery_policies")
 
@@ -64,17 +66,25 @@ def wrap_run(task: Task, settings_for: Callable[[], RetrySettings | None],
         except _PASS_THROUGH:
             raise
         except Exception as exc:
-            settings = settings_for()
-            if settings is None:
+            # A fault of the plugin's here must not replace the task's exception: it is
+            # logged, and the exception goes on as if there were no wrapper. Only Celery's
+            # own retry() below raises from this block on purpose.
+            decision: Delay | GiveUp | None = None
+            with guard(f"decide whether to retry {task.name}[{task.request.id}]",
+                       TO_CELERY):
+                settings = settings_for()
+                if settings is not None:
+                    request = task.request
+                    headers = dict(request.headers or {})
+                    first = float(headers.get(FIRST_ATTEMPT_HEADER, started))
+                    decision = settings.decide(type(exc), request.retries, time() - first)
+            if decision is None:
                 raise
-            request = task.request
-            headers = dict(request.headers or {})
-            first = float(headers.get(FIRST_ATTEMPT_HEADER, started))
-            decision = settings.decide(type(exc), request.retries, time() - first)
             if isinstance(decision, GiveUp):
                 with suppress(AttributeError, TypeError):  # no __dict__ to carry it
                     setattr(exc, GAVE_UP_ATTR, decision.reason)
-                gave_up(task, exc, decision.reason, request.retries)
+                with guard(f"log the end of {task.name}[{request.id}]"):
+                    gave_up(task, exc, decision.reason, request.retries)
                 raise
             log.info("retrying %s[%s] in %.2fs after %s (retry %d)", task.name, request.id,
                      decision.countdown, type(exc).__name__, request.retries + 1)

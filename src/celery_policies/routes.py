@@ -51,6 +51,7 @@ from .deadletter import (
     exception_name,
     now_iso,
 )
+from .guard import TO_CELERY, guard
 from .redelivery import REDELIVERIES_HEADER, RedeliveriesExhausted, lost
 from .retrying import FIRST_ATTEMPT_HEADER, GAVE_UP_ATTR
 from .screening import publishing_routes
@@ -268,20 +269,22 @@ def routed_request_class(request: str | type[Request], router: FailureRouter) ->
 
         def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True,
                        return_ok: bool = False) -> Any:
-            exc = exc_info.exception
-            if isinstance(exc, ExceptionWithTraceback):
-                exc = exc.exc
-            if not self._celery_policies_routed:
-                reason = final_reason(self, exc)
-                if reason is not None:
-                    self._take_routes(exc, exc_info.traceback, reason)
+            with guard(f"take the failure routes of {self.name}[{self.id}]", TO_CELERY):
+                exc = exc_info.exception
+                if isinstance(exc, ExceptionWithTraceback):
+                    exc = exc.exc
+                if not self._celery_policies_routed:
+                    reason = final_reason(self, exc)
+                    if reason is not None:
+                        self._take_routes(exc, exc_info.traceback, reason)
             return super().on_failure(exc_info, send_failed_event, return_ok)
 
         def on_timeout(self, soft: bool, timeout: float) -> Any:
-            if (not soft and not self._celery_policies_routed and not shutting_down()
-                    and timeout_is_final(self.task)):
-                exc = TimeLimitExceeded(timeout)
-                self._take_routes(exc, f"TimeLimitExceeded({timeout})", "time_limit")
+            with guard(f"take the failure routes of {self.name}[{self.id}]", TO_CELERY):
+                if (not soft and not self._celery_policies_routed and not shutting_down()
+                        and timeout_is_final(self.task)):
+                    exc = TimeLimitExceeded(timeout)
+                    self._take_routes(exc, f"TimeLimitExceeded({timeout})", "time_limit")
             return super().on_timeout(soft, timeout)
 
         def _take_routes(self, exc: BaseException, traceback: str | None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from .control import RUNTIME_ATTR, versions
 from .errors import PolicyFileError
 from .exceptions import resolve_refs
 from .explain import Explanation, dead_letter_queue, explain, fingerprint, jsonable
+from .guard import guard
 from .lint import lint
 from .loader import Policies, load_policies
 from .matching import Matcher
@@ -51,6 +53,10 @@ give_up_log = logging.getLogger(GIVE_UP_LOGGER)
 DEFAULT_FILE = "policies.yaml"
 #: Exit status of a worker refused because of its policies (sysexits.h EX_CONFIG).
 EXIT_CONFIG = 78
+#: What a worker that cannot apply the policies does instead.
+WORKER_REFUSES = "the worker does not start"
+#: What a pool process that cannot apply the policies does instead.
+CHILD_REFUSES = "this pool process runs no task and the worker stops"
 
 #: Keys applied as plain task attributes. The consumer reads acks_late, the time limits and
 #: rate_limit when it starts; retry() reads max_retries and default_retry_delay; the autoretry
@@ -169,14 +175,26 @@ class Runtime:
         self._startup_log.clear()
 
     def on_process_init(self, sender: Any, path: str) -> None:
-        """In a pool child started without fork, apply the file the main process applied."""
+        """In a pool child started without fork, apply the file the main process applied.
+
+        A child that cannot would run tasks without their policies (Celery's signal
+        dispatch logs the error and carries on): like the main process, it refuses instead.
+        It exits before taking any task and asks the worker to stop (a warm shutdown), or
+        the pool would replace it with another child that fails the same way, forever."""
         if self._applied_pid is not None:
             return  # forked: the child has the main process's patched tasks
-        self.apply(load_policies(path, import_exceptions=True))
-        self._start_reporter()
-        # The child built its tracers before this signal; they hold the unpatched run.
-        for name in self.tasks:
-            rebuild_tracer(self.app, self.app.tasks[name], sender)
+        with guard(f"apply {path} in pool process {os.getpid()}", CHILD_REFUSES,
+                   level=logging.CRITICAL) as step:
+            self.apply(load_policies(path, import_exceptions=True))
+            self._start_reporter()
+            # The child built its tracers before this signal; they hold the unpatched run.
+            for name in self.tasks:
+                rebuild_tracer(self.app, self.app.tasks[name], sender)
+        if step.failed:
+            parent = os.getppid()
+            if parent > 1:
+                os.kill(parent, signal.SIGTERM)
+            raise WorkerRefused([f"celery-policies: could not apply {path} in a pool process"])
 
     def apply(self, policies: Policies) -> None:
         """Resolve every registered task once and patch it; idempotent."""
@@ -443,9 +461,14 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
     runtime = runtime_of(app)
     if runtime is None:
-        if app is None or named_file(app, getattr(sender, "options", None) or {}) is None:
-            return  # an app that neither installs the plugin nor names a file: hands off
-        runtime = install(app)  # celery -A proj worker --policies FILE, no line of code
+        with guard("set up the policies", WORKER_REFUSES, level=logging.CRITICAL) as step:
+            if app is None or named_file(app, getattr(sender, "options", None) or {}) is None:
+                return  # an app that neither installs the plugin nor names a file: hands off
+            runtime = install(app)  # celery -A proj worker --policies FILE, no line of code
+        if step.failed or runtime is None:
+            refuse(["celery-policies: could not set up the policies; the worker does not "
+                    "start"])
+            return
     runtime.on_worker_init(sender)
 
 
@@ -475,9 +498,11 @@ def _wrap_send_task(app: Celery, runtime: Runtime) -> None:
 
     def send_task_with_policy(name: str, *args: Any, **options: Any) -> Any:
         if options.get("retry_policy") is None:
-            policy = runtime.publish_retry_policy(name)
-            if policy is not None:
-                options["retry_policy"] = policy
+            with guard(f"choose the publish_retry_policy of {name}",
+                       "publishing with Celery's settings"):
+                policy = runtime.publish_retry_policy(name)
+                if policy is not None:
+                    options["retry_policy"] = policy
         return send_task(name, *args, **options)
 
     app.send_task = send_task_with_policy

@@ -56,6 +56,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded, 
 from .budget import EventBudget
 from .compat import running_task
 from .deadletter import exception_name
+from .guard import guard
 from .redelivery import EXHAUSTED_FORMAT, RedeliveriesExhausted
 from .retrying import GAVE_UP_ATTR, GIVE_UP_LOGGER
 from .routes import REDO_FORMAT, REDO_LOGGER, REDO_MARK, failure_message, origin_queue
@@ -294,13 +295,13 @@ class SentryReporter:
         that the final failure, wherever it happens, shows each one."""
         if not headers:
             return
-        task = running_task()
-        if task is None or task.request.id != headers.get("id"):
-            return
-        retry = int(headers.get("retries") or 0)
-        if retry != int(task.request.retries or 0) + 1:
-            return
         with _guard("record a retry for Sentry"):
+            task = running_task()
+            if task is None or task.request.id != headers.get("id"):
+                return
+            retry = int(headers.get("retries") or 0)
+            if retry != int(task.request.retries or 0) + 1:
+                return
             exc = sys.exc_info()[1]
             entry = {"retry": retry, "delay": round(_delay(headers.get("eta")) or 0.0, 2),
                      "exception": exception_name(type(exc)) if exc else None,
@@ -333,10 +334,12 @@ class SentryReporter:
         self._flush()
 
     def on_worker_shutdown(self, **_: Any) -> None:
-        held = self.budget.held_back()
-        if held:
-            log.warning("celery-policies: %d Sentry event(s) over max_events_per_minute were "
-                        "counted and not sent since the last event of their kind", held)
+        with _guard("count the Sentry events held back"):
+            held = self.budget.held_back()
+            if held:
+                log.warning("celery-policies: %d Sentry event(s) over max_events_per_minute "
+                            "were counted and not sent since the last event of their kind",
+                            held)
         self._flush()
 
     def _flush(self) -> None:
@@ -682,17 +685,7 @@ def _strip_arguments(event: dict[str, Any]) -> None:
         event.pop("message", None)
 
 
-class _guard:
-    """Hooks never break the host: log what failed, at WARNING, and carry on."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is not None and isinstance(exc, Exception):
-            log.warning("celery-policies: could not %s: %r", self.what, exc, exc_info=True)
-            return True
-        return False
+def _guard(what: str) -> guard:
+    """Hooks never break the host: log what failed, at WARNING, and carry on (a lost report
+    is not a task's failure)."""
+    return guard(what, level=logging.WARNING)

@@ -130,6 +130,19 @@ def coded(self: Any, key: str, fail_times: int = 0, error: str = "Flaky") -> str
     return _flaky(self, key, fail_times, error)
 
 
+@app.task(name="proj.sentry.hold_budget", shared=False)
+def hold_budget() -> None:
+    """Take the Sentry budget's shared lock and die holding it, as an OOM-killed pool
+    process counting an event would."""
+    from celery_policies.runtime import runtime_of  # noqa: PLC0415 - only this task needs it
+
+    runtime = runtime_of(app)
+    assert runtime is not None
+    assert runtime.reporter is not None
+    runtime.reporter.budget._lock.acquire()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 @app.task(name="proj.limits.sleepy", shared=False)
 def sleepy(key: str, seconds: float) -> str:
     """Sleep; record whether the soft time limit interrupted it."""

@@ -11,6 +11,7 @@ from celery import Celery
 from rich.console import Console
 
 from ..appinfo import load_app
+from ..connections import BROKER_TIMEOUT_ENV, DEFAULT_BROKER_TIMEOUT
 from ..errors import PolicyFileError
 from ..loader import Policies, load_policies
 
@@ -22,6 +23,31 @@ def console() -> Console:
     """A console on the current stdout: the terminal's width, or ``PIPE_WIDTH`` in a pipe."""
     width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPE_WIDTH
     return Console(highlight=False, width=width, file=sys.stdout)
+
+
+#: Where ``--broker-timeout`` keeps its value for the command (click's ``ctx.meta``).
+_TIMEOUT_KEY = "celery_policies.broker_timeout"
+
+
+def _remember_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    ctx.meta[_TIMEOUT_KEY] = value
+    return value
+
+
+#: ``--broker-timeout``, on every command that talks to the broker.
+broker_timeout_option = click.option(
+    "--broker-timeout", type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_BROKER_TIMEOUT, envvar=BROKER_TIMEOUT_ENV, show_envvar=True,
+    show_default=True, metavar="SECONDS", expose_value=False, callback=_remember_timeout,
+    is_eager=True,
+    help="Give up when the broker does not answer within SECONDS in any one operation "
+         "(connecting, each read or write).")
+
+
+def broker_timeout(ctx: click.Context) -> float:
+    """The ``--broker-timeout`` of this command, in seconds."""
+    value: float = ctx.meta.get(_TIMEOUT_KEY, DEFAULT_BROKER_TIMEOUT)
+    return value
 
 
 def fail_on_problems(error: PolicyFileError) -> NoReturn:

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import click
@@ -17,6 +17,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
+from ..connections import BrokerError, broker_errors, connect, describe, drop, talking
 from ..deadletter import DeadLetter, Publisher
 from ..dlq import Filters, ReplayReport, ReplayStopped, plan, purge, replay, select
 from ..durations import parse_duration
@@ -26,7 +27,7 @@ from ..loader import load_policies
 from ..model import DEFAULT_DEAD_LETTER_QUEUE
 from ..runtime import locate_file
 from ..stores import Store, open_store
-from ._common import console, find_app
+from ._common import broker_timeout, broker_timeout_option, console, find_app
 from ._render import cell, printable
 
 
@@ -40,6 +41,7 @@ def _source(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--queue", metavar="QUEUE",
                      help="The dead-letter queue (default: dead_letter.queue of the policy "
                           f"file, else {DEFAULT_DEAD_LETTER_QUEUE})."),
+        broker_timeout_option,
     )):
         command = option(command)
     return command
@@ -62,39 +64,59 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
+        datetime.now(timezone.utc) - timedelta(seconds=seconds)  # representable?
+    except OverflowError as exc:
+        raise click.BadParameter(f"{value!r} reaches back before the year 1") from exc
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    return seconds
 
 
 @contextmanager
 def _open(ctx: click.Context, app_name: str | None, broker: str | None,
           queue: str | None) -> Iterator[tuple[Store, Connection]]:
     app = find_app(ctx, app_name, required=False)
-    if broker:
-        connection = Connection(broker)
-    elif app is not None:
-        connection = app.connection_for_write()
-    else:
-        url = os.environ.get("CELERY_BROKER_URL")
-        if not url:
-            raise click.UsageError("say where the dead letters are: --app MODULE or --broker "
-                                   "URL (or set $CELERY_BROKER_URL)", ctx=ctx)
-        connection = Connection(url)
+    url = broker or (None if app is not None else os.environ.get("CELERY_BROKER_URL"))
+    if not url and app is None:
+        raise click.UsageError("say where the dead letters are: --app MODULE or --broker "
+                               "URL (or set $CELERY_BROKER_URL)", ctx=ctx)
     name = queue or _file_queue(app)
+    timeout = broker_timeout(ctx)
+    if url:
+        def make() -> Connection:
+            return Connection(url)
+    else:
+        assert app is not None
+        make = app.connection_for_write
     try:
-        connection.ensure_connection(max_retries=1)
-        store = open_store(connection, name)
+        where = describe(app, url)
+        connection = connect(make, timeout, where)
+        try:
+            with talking(connection, timeout, where):
+                store = open_store(connection, name)
+        except BaseException:
+            drop(connection)
+            raise
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from exc
-    except Exception as exc:
-        raise click.ClickException(f"cannot reach the broker at {connection.as_uri()}: "
-                                   f"{exc}") from exc
     try:
-        yield store, connection
-    finally:
-        store.close()
+        with talking(connection, timeout, where):
+            try:
+                yield store, connection
+            except broker_errors(connection):
+                raise  # no goodbyes to a broker that does not answer: dropped below
+            except BaseException:
+                store.close()
+                raise
+            store.close()
+    except BrokerError as exc:
+        drop(connection)
+        raise click.ClickException(str(exc)) from exc
+    except BaseException:
         connection.release()
+        raise
+    connection.release()
 
 
 def _file_queue(app: Any) -> str:

@@ -7,13 +7,13 @@ from datetime import datetime, timezone
 
 import click
 from celery import Celery
-from kombu.exceptions import OperationalError
 from rich.table import Table
 
+from ..connections import BrokerError, connect, describe, drop, talking
 from ..errors import PolicyFileError
 from ..fleet import DEFAULT_TIMEOUT, DRIFT, OK, Fleet, Reference, ask, file_reference, judge
 from ..loader import load_policies
-from ._common import console, find_app
+from ._common import broker_timeout, broker_timeout_option, console, find_app
 
 
 @click.command()
@@ -30,6 +30,7 @@ from ._common import console, find_app
               help="Ask only these workers (comma-separated, as Celery names them: "
                    "name@host); fail unless each one answers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@broker_timeout_option
 @click.pass_context
 def fleet(ctx: click.Context, app_name: str | None, path: str | None, timeout: float,
           expect: int | None, names: str | None, as_json: bool) -> None:
@@ -47,11 +48,22 @@ def fleet(ctx: click.Context, app_name: str | None, path: str | None, timeout: f
         raise click.UsageError("give --expect or --workers, not both: --workers already says "
                                "who must answer", ctx=ctx)
     reference = _reference(ctx, app, path) if path else None
+    wait = broker_timeout(ctx)
     try:
-        answers = ask(app, timeout, workers)
-    except OperationalError as exc:
-        raise click.ClickException(f"cannot reach the broker at "
-                                   f"{app.connection_for_read().as_uri()}: {exc}") from exc
+        where = describe(app, None)
+        connection = connect(app.connection_for_write, wait, where)
+        try:
+            with talking(connection, wait, where):
+                answers = ask(app, timeout, workers, connection)
+        except BrokerError:
+            drop(connection)  # no goodbyes to a broker that does not answer
+            raise
+        except BaseException:
+            connection.release()
+            raise
+        connection.release()
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from exc
     verdict = judge(answers, reference, expect=expect or 0, names=workers, timeout=timeout)
     if as_json:
         click.echo(json.dumps(verdict.to_json(), indent=2))

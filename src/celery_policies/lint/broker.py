@@ -50,8 +50,12 @@ class Broker:
 
 def read_broker(app: Celery) -> Broker:
     """The broker as the worker sees it: Celery tells brokers apart by the transport's
-    ``driver_type`` (celery/worker/consumer/tasks.py, mingle.py)."""
-    with app.connection_for_read() as connection:
+    ``driver_type`` (celery/worker/consumer/tasks.py, mingle.py). Nothing connects."""
+    try:
+        connection = app.connection_for_read()
+    except (ImportError, KeyError, ValueError):  # an unusable URL: no broker's rule applies
+        return Broker(None, {})
+    with connection:
         try:
             transport = get_transport_cls(connection.transport_cls)
         except (ImportError, KeyError, AttributeError):
