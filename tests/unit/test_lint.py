@@ -146,8 +146,7 @@ ANY_FILE = """
         acks_late: true
 """
 #: kombu 5.7+ takes the sweep's period from the transport options; older kombu ignores them.
-SWEEP_OPTIONS = hasattr(__import__("kombu.transport.redis").transport.redis.Channel,
-                        compat.REDIS_SWEEP_OPTIONS[0])
+SWEEP_OPTIONS = compat.redis_sweep_configurable()
 
 
 def test_cp118_a_visibility_timeout_shorter_than_kombus_sweep_of_unacked_messages() -> None:
