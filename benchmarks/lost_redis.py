@@ -3,7 +3,8 @@
 Each run publishes ``--tasks`` tasks (``bench.lost.collect``: ``--task-seconds`` of work, then a
 count of its run) to a fresh queue and starts a prefork worker (2 processes) with the policy
 ``acks_late`` + ``reject_on_worker_lost``. Mid-run, as tests/integration/test_lost_workers.py
-does, the pool processes are killed, then the whole worker. At that instant nothing runs, so
+does, the pool processes are killed, then the whole worker (as soon as 30 more tasks are done,
+or up to ``--random-delay`` seconds later, at random). At that instant nothing runs, so
 the broker is read as it is: every task is counted done, waiting in the queue, or in kombu's
 table of unacknowledged messages; a task in none of them was in flight, taken off the queue
 by the worker's BRPOP but not yet recorded as unacknowledged (kombu/transport/redis.py,
@@ -16,7 +17,8 @@ kombu 5.7 restores unacknowledged messages every ``unacked_restore_interval`` x
 ~100 s with no option, and once when a worker starts consuming: there the second worker starts
 only after ``--visibility-timeout`` has passed since the kill.
 
-Run it as ``.venv/bin/python benchmarks/lost_redis.py [--runs 20] [--broker URL]`` with Redis
+Run it as ``.venv/bin/python benchmarks/lost_redis.py [--runs 20] [--random-delay 1]
+[--broker URL]`` with Redis
 on 127.0.0.1 (database 9 by default: it must not be shared, since kombu keeps one table of
 unacknowledged messages per database). It prints one line per run and the totals; the exit
 code is 0 either way.
