@@ -199,16 +199,26 @@ def redis_server_keys(channel: Any, queue: str) -> list[str]:
     return [prefix + key for key in redis_queue_keys(channel, queue)]
 
 
+def redis_sweep_configurable() -> bool:
+    """Whether kombu's sweep of unacknowledged Redis messages takes its period from the
+    transport options ``REDIS_SWEEP_OPTIONS`` (kombu 5.7); before, it is fixed."""
+    from kombu.transport.redis import Channel  # noqa: PLC0415 - needs redis-py installed
+
+    return hasattr(Channel, REDIS_SWEEP_OPTIONS[0])
+
+
 def redis_sweep_period(transport_options: dict[str, Any]) -> float:
     """Seconds between kombu's sweeps of unacknowledged Redis messages back to their queue,
     with these transport options."""
     from kombu.transport.redis import Channel  # noqa: PLC0415 - needs redis-py installed
 
-    if not hasattr(Channel, REDIS_SWEEP_OPTIONS[0]):
+    if not redis_sweep_configurable():
         interval, throttle = REDIS_SWEEP_FIXED
         return interval * throttle
-    interval = float(transport_options.get(REDIS_SWEEP_OPTIONS[0],
-                                           getattr(Channel, REDIS_SWEEP_OPTIONS[0])))
+    default = float(getattr(Channel, REDIS_SWEEP_OPTIONS[0]))
+    interval = float(transport_options.get(REDIS_SWEEP_OPTIONS[0], default))
+    if interval <= 0:
+        interval = default  # as kombu 5.7 does (Transport.register_with_event_loop)
     throttle = int(transport_options.get(REDIS_SWEEP_OPTIONS[1],
                                          getattr(Channel, REDIS_SWEEP_OPTIONS[1])) or 1)
     return interval * throttle

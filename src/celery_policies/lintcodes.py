@@ -29,6 +29,7 @@ RULES: dict[str, tuple[str, Severity]] = {
     "CP115": ("task-not-covered", "info"),
     "CP116": ("dead-policy", "warning"),
     "CP117": ("soft-limit-not-below-hard", "warning"),
+    "CP118": ("redis-sweep-slower-than-timeout", "warning"),
 }
 
 #: Codes by short name, to point a ``lint_ignore`` that names a rule to its code.

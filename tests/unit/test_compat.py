@@ -148,6 +148,9 @@ def test_the_redis_sweep_period_is_what_kombu_uses() -> None:
                "unacked_restore_interval"):
         assert compat.redis_sweep_period(options) == 2.0
         assert compat.redis_sweep_period({}) == 100.0
+        # kombu 5.7 takes a non-positive interval as its default (10 s)
+        assert compat.redis_sweep_period({"unacked_restore_interval": 0,
+                                          "unacked_restore_throttle": 1}) == 10.0
     else:  # fixed in kombu before 5.7: options are ignored
         assert compat.redis_sweep_period(options) == 100.0
 

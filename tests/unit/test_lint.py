@@ -137,6 +137,52 @@ def test_cp101_few_retries_never_reach_the_long_cap() -> None:
     assert found(RETRIES_UP_TO_2H.replace("20", "5"), "CP101", make_app()) == []
 
 
+# -- CP118 Redis sweep slower than visibility_timeout -----------------------------------------
+
+ANY_FILE = """
+    version: 1
+    policies:
+      - match: "a.*"
+        acks_late: true
+"""
+#: kombu 5.7+ takes the sweep's period from the transport options; older kombu ignores them.
+SWEEP_OPTIONS = compat.redis_sweep_configurable()
+
+
+def test_cp118_a_visibility_timeout_shorter_than_kombus_sweep_of_unacked_messages() -> None:
+    """kombu sweeps every 10 s x 10 unless told (fixed before 5.7): a 1m visibility_timeout
+    is checked only every 1m40s."""
+    finding = one(ANY_FILE, "CP118", make_app(broker_transport_options={
+        "visibility_timeout": 60}))
+    assert finding.severity == "warning"
+    assert "the Redis visibility_timeout (1m) is shorter than kombu's sweep of " \
+        "unacknowledged messages (every 1m40s)" in finding.message
+    assert "up to 2m40s after it died, not 1m" in finding.message
+    if SWEEP_OPTIONS:
+        assert "unacked_restore_interval" in finding.message
+    else:
+        assert "kombu 5.7" in finding.message
+
+
+def test_cp118_is_silent_once_the_sweep_is_as_frequent_as_the_timeout() -> None:
+    """On kombu 5.7+ the sweep options bring the period under the timeout; before, the
+    sweep is fixed at 100 s and only a longer timeout helps."""
+    fast = make_app(broker_transport_options={"visibility_timeout": 60,
+                                              "unacked_restore_interval": 5,
+                                              "unacked_restore_throttle": 2})
+    assert len(found(ANY_FILE, "CP118", fast)) == (0 if SWEEP_OPTIONS else 1)
+    assert found(ANY_FILE, "CP118", make_app(broker_transport_options={
+        "visibility_timeout": 100})) == []
+    assert found(ANY_FILE, "CP118", make_app()) == []  # 1 h
+
+
+def test_cp118_does_not_apply_to_rabbitmq_and_is_silenced_in_defaults() -> None:
+    options = {"visibility_timeout": 10}
+    assert found(ANY_FILE, "CP118", make_app(RABBITMQ, broker_transport_options=options)) == []
+    silenced = ANY_FILE + "    defaults:\n      lint_ignore: [CP118]\n"
+    assert found(silenced, "CP118", make_app(broker_transport_options=options)) == []
+
+
 # -- CP102 RabbitMQ consumer_timeout ---------------------------------------------------------
 
 ACKS_LATE_45M = """
@@ -656,9 +702,9 @@ def test_an_unknown_code_in_lint_ignore_is_a_located_validation_error() -> None:
             lint_ignore: [CP108, CP999, dead-policy]
     """) == [
         "policies.yaml:4:26: policies[0].lint_ignore[1]: unknown lint rule code 'CP999'; the "
-        "codes are CP101 to CP117 (docs/lint.md)",
+        "codes are CP101 to CP118 (docs/lint.md)",
         "policies.yaml:4:33: policies[0].lint_ignore[2]: unknown lint rule code 'dead-policy' "
-        "(rule dead-policy is CP116); the codes are CP101 to CP117 (docs/lint.md)",
+        "(rule dead-policy is CP116); the codes are CP101 to CP118 (docs/lint.md)",
     ]
 
 

@@ -1,6 +1,7 @@
 """Rules that need the app's broker settings: how long the broker waits for an
-acknowledgement (CP101 Redis, CP102 RabbitMQ), prefetching with ``acks_late`` (CP109), and
-dead letters sent to a queue the workers consume (CP110).
+acknowledgement (CP101 Redis, CP102 RabbitMQ), prefetching with ``acks_late`` (CP109),
+dead letters sent to a queue the workers consume (CP110), and a Redis visibility_timeout
+that kombu's sweep checks less often than it passes (CP118).
 
 Nothing connects: kombu builds a ``Connection`` without opening it, which tells the transport
 apart and carries the app's ``broker_transport_options``.
@@ -15,7 +16,12 @@ from typing import Any
 from celery import Celery
 from kombu.transport import get_transport_cls
 
-from ..compat import uses_quorum_queues
+from ..compat import (
+    REDIS_SWEEP_OPTIONS,
+    redis_sweep_configurable,
+    redis_sweep_period,
+    uses_quorum_queues,
+)
 from ..durations import format_duration
 from ..explain import dead_letter_queue
 from ..loader import Policies
@@ -181,3 +187,34 @@ def dead_letter_queue_consumed(context: Context) -> Iterator[Hit]:
                           "`celery-policies dlq` to replay; send dead letters to a queue no "
                           "worker consumes (keep it out of task_queues and -Q)")
 
+
+
+@rule("CP118", needs="app")
+def redis_sweep_slower_than_timeout(context: Context) -> Iterator[Hit]:
+    # kombu/transport/redis.py: QoS.restore_visible puts back only the messages it finds
+    # past visibility_timeout, and the worker calls it every unacked_restore_interval x
+    # unacked_restore_throttle seconds (kombu 5.7; call_repeatedly(10) scanning every 10th
+    # call before). A dead worker's messages come back at the first sweep after the timeout.
+    assert context.app is not None
+    broker = read_broker(context.app)
+    if broker.kind != "redis":
+        return
+    limit = broker.visibility_timeout
+    sweep = redis_sweep_period(broker.transport_options)
+    if limit >= sweep:
+        return
+    interval, throttle = REDIS_SWEEP_OPTIONS
+    if redis_sweep_configurable():
+        fix = (f"set {interval} in broker_transport_options to visibility_timeout or less, "
+               f"with {throttle}: 1 (the sweep runs every {interval} x {throttle} seconds)")
+    else:
+        fix = (f"this kombu sweeps every {format_duration(sweep)} whatever the options "
+               f"(kombu 5.7 adds {interval} and {throttle}): raise visibility_timeout to "
+               f"{format_duration(sweep)} or more, or upgrade kombu")
+    yield Hit(Blame((), None),
+              f"the Redis visibility_timeout ({format_duration(limit)}) is shorter than "
+              f"kombu's sweep of unacknowledged messages (every {format_duration(sweep)})",
+              "kombu puts a message back in its queue only when a sweep finds it past "
+              "visibility_timeout, so the messages of a worker that died come back up to "
+              f"{format_duration(limit + sweep)} after it died, not {format_duration(limit)}; "
+              + fix)
