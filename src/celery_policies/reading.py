@@ -91,6 +91,16 @@ def from_amqp(message: Any, position: int, limit: int) -> DeadLetter:
     return DeadLetter(envelope, handle)
 
 
+def from_entry(entry: Any, limit: int) -> DeadLetter:
+    """A dead letter from an entry taken off a queue (``trimming.Trimmed.dropped``): kombu's
+    stored JSON (Redis, the filesystem) or a py-amqp message (RabbitMQ)."""
+    if isinstance(entry, str):
+        entry = entry.encode("utf-8", "surrogatepass")
+    if isinstance(entry, bytes):
+        return from_payload(entry, None, 0, limit)
+    return from_amqp(entry, 0, limit)
+
+
 def is_json(raw: bytes) -> bool:
     """Whether ``raw`` is a whole JSON document (of any shape)."""
     try:

@@ -42,7 +42,6 @@ from .compat import (
 )
 from .deadletter import (
     MESSAGE_LIMIT,
-    DeadLetter,
     Envelope,
     Publisher,
     clip_traceback,
@@ -52,6 +51,7 @@ from .deadletter import (
     now_iso,
 )
 from .guard import TO_CELERY, guard
+from .reading import from_entry, max_body_bytes
 from .redelivery import REDELIVERIES_HEADER, RedeliveriesExhausted, lost
 from .retrying import FIRST_ATTEMPT_HEADER, GAVE_UP_ATTR
 from .screening import publishing_routes
@@ -195,18 +195,19 @@ class FailureRouter:
             log.warning(UNLIMITED_FORMAT, queue, max_length)
         try:
             trimmed = self.publisher.trim(queue, max_length)
+            limit = max_body_bytes()
         except Exception as error:
             log.warning("could not keep dead-letter queue %s at max_length %d (%r); it is "
                         "trimmed again after its next dead letter", queue, max_length, error)
             return
         for old in trimmed.dropped:
-            try:
-                letter = DeadLetter(Envelope.of(old))
-                log.warning(DROPPED_FORMAT, queue, max_length, letter.task, letter.id,
-                            letter.failure.get("failed_at"))
-            except Exception:
+            letter = from_entry(old, limit)
+            if letter.problem is not None:
                 log.warning(DROPPED_FORMAT, queue, max_length, "an unreadable message", "?",
                             "?")
+            else:
+                log.warning(DROPPED_FORMAT, queue, max_length, letter.task, letter.id,
+                            letter.failure.get("failed_at"))
         if trimmed.full:
             log.warning(FULL_FORMAT, queue, max_length)
 

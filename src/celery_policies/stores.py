@@ -29,6 +29,7 @@ from .compat import redis_queue_keys
 from .deadletter import DeadLetter, queue_size
 from .errors import PolicyError
 from .reading import from_amqp, from_payload, is_json, max_body_bytes, unreadable
+from .trimming import written_order
 
 #: Redis reads and removes this many messages per round trip.
 REDIS_CHUNK = 1000
@@ -174,7 +175,7 @@ class FileStore:
         suffix = f"{self.queue}.msg"
         position = 0
         for path in sorted((os.path.join(self.folder, name) for name in os.listdir(self.folder)
-                            if name.partition(".")[2] == suffix), key=_written):
+                            if name.partition(".")[2] == suffix), key=written_order):
             try:
                 with open(path, "rb") as file:
                     raw = file.read()
@@ -200,12 +201,3 @@ class FileStore:
     def close(self) -> None:
         pass
 
-
-def _written(path: str) -> tuple[int, int]:
-    """A file message's order: kombu names it after the millisecond it was written, which
-    several messages can share; the modification time (nanoseconds) breaks the tie."""
-    name = os.path.basename(path)
-    try:
-        return int(name.partition("_")[0]), os.stat(path).st_mtime_ns
-    except (ValueError, OSError):
-        return 0, 0

@@ -28,8 +28,6 @@ from typing import Any, cast
 from kombu.connection import Connection
 from kombu.entity import Queue
 from kombu.transport.filesystem import LOCK_SH, lock, unlock
-from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
 
 from .compat import redis_server_keys
 
@@ -71,8 +69,9 @@ def limit_arguments(max_length: int) -> dict[str, Any]:
 class Trimmed:
     """What trimming a queue did.
 
-    ``dropped``: the messages taken out, oldest first (kombu messages, or the stored bytes of
-    one that could not be read). ``full``: the broker keeps the limit itself and the queue is
+    ``dropped``: the entries taken out, oldest first, as stored: kombu's JSON (Redis, the
+    filesystem) or py-amqp messages (RabbitMQ); ``reading.from_entry`` reads either, never
+    decompressing past the size cap. ``full``: the broker keeps the limit itself and the queue is
     at it, so it dropped its oldest message for the new one (which one, it does not say)."""
 
     dropped: list[Any] = field(default_factory=list)
@@ -100,7 +99,7 @@ def _trim_redis(connection: Connection, queue: str, max_length: int) -> list[Any
     channel: Any = cast(Any, connection.default_channel)
     keys = redis_server_keys(channel, queue)
     dropped = channel.client.eval(REDIS_TRIM_SCRIPT, len(keys), *keys, max_length)
-    return [_message(channel, raw) for raw in dropped]
+    return list(dropped)
 
 
 def _ready(connection: Connection, queue: str) -> int:
@@ -111,18 +110,19 @@ def _ready(connection: Connection, queue: str) -> int:
 def _trim_amqp(connection: Connection, queue: str, max_length: int) -> list[Any]:
     dropped = []
     with connection.channel() as channel:
-        bound = Queue(queue)(channel)
         for _ in range(_ready(connection, queue) - max_length):
-            message = bound.get(no_ack=False)
+            # py-amqp's basic_get, not kombu's Queue.get: kombu's Message would decompress
+            # the body whole (a compression bomb in the worker's memory); reading.py reads it.
+            message = channel.basic_get(queue=queue, no_ack=False)
             if message is None:
                 break
             # Ready messages left besides this one: dropping it must leave max_length. Fewer
             # means other workers dropped the surplus meanwhile (or hold messages they will
             # put back): put this one back, in its place, and stop.
             if int(message.delivery_info.get("message_count", 0)) < max_length:
-                message.requeue()
+                channel.basic_reject(message.delivery_tag, requeue=True)
                 break
-            message.ack()
+            channel.basic_ack(message.delivery_tag)
             dropped.append(message)
     return dropped
 
@@ -134,7 +134,7 @@ def _trim_files(connection: Connection, queue: str, max_length: int) -> list[Any
     surplus = len(names) - max_length
     if surplus <= 0:
         return []
-    paths = sorted((os.path.join(folder, name) for name in names), key=_written)
+    paths = sorted((os.path.join(folder, name) for name in names), key=written_order)
     dropped = []
     for path in paths[:surplus]:
         with contextlib.suppress(FileNotFoundError):
@@ -150,22 +150,14 @@ def _trim_files(connection: Connection, queue: str, max_length: int) -> list[Any
             if not payload:
                 continue
             os.remove(path)  # FileNotFoundError: another worker dropped it first, and says so
-            dropped.append(_message(channel, payload))
+            dropped.append(payload)
     return dropped
 
 
-def _message(channel: Any, raw: bytes) -> Any:
-    """The kombu message stored as ``raw``; ``raw`` itself if it is not one (it is dropped
-    all the same, and logged as unreadable)."""
-    try:
-        return channel.Message(loads(bytes_to_str(raw)), channel=channel)
-    except Exception:
-        return raw
-
-
-def _written(path: str) -> tuple[int, int]:
-    """A message file's age, as the dead-letter tools order them (stores.FileStore): kombu
-    names it after the millisecond it was written; the modification time breaks ties."""
+def written_order(path: str) -> tuple[int, int]:
+    """A file message's place in its queue (kombu's filesystem transport; the dead-letter
+    tools and trimming order by it): kombu names it after the millisecond it was written,
+    which several messages can share; the modification time (nanoseconds) breaks the tie."""
     name = os.path.basename(path)
     try:
         return int(name.partition("_")[0]), os.stat(path).st_mtime_ns

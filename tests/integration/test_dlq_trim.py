@@ -4,7 +4,10 @@ queue ends with exactly ``max_length`` dead letters, the newest, on Redis and Ra
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ from benchmarks._deadletters import fabricate
 from celery import Celery
 from kombu.connection import Connection
 
+from tests.integration.test_dlq_tools import bomb, letter_of
 from tests.support.deadletters import read
 from tests.support.trimming import assert_kept_the_newest, send_together
 from tests.support.workers import Workers, delete_queue, wait_for
@@ -152,3 +156,36 @@ def test_redis_trims_the_lists_a_global_key_prefix_names(broker: str) -> None:
         assert server.llen(queue) == 0
     finally:
         server.delete(prefix + queue)
+
+
+#: Trims into a queue holding a compression bomb, in a process of its own: its peak memory.
+BOMB_TRIM = textwrap.dedent("""
+    import logging, resource, sys
+    from celery import Celery
+    from tests.support.trimming import send_together
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
+    broker, queue = sys.argv[1:3]
+    sent = send_together(lambda: Celery(broker=broker, set_as_current=False), queue, 1,
+                         senders=1, each=1)
+    assert sent.failed == [], sent.failed
+    print("peak MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+""")
+
+
+def test_a_worker_trims_a_compression_bomb_without_decompressing_it(
+        broker: str, dead_letter_queue: str) -> None:
+    """A worker keeping the queue at max_length drops a 242-byte bzip2 letter holding 300 MiB
+    as an unreadable message: it reads it as the dlq commands do, never past the size cap."""
+    with Connection(broker) as connection:
+        letter_of(connection, dead_letter_queue, task="proj.noop", args=[], origin="work",
+                  headers={"compression": "application/x-bz2"}, body=bomb())
+    done = subprocess.run([sys.executable, "-c", BOMB_TRIM, broker, dead_letter_queue],
+                          check=False, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr
+    assert (f"dead-letter queue {dead_letter_queue} is over max_length 1: dropped its oldest "
+            "dead letter, an unreadable message") in done.stdout
+    peak_mb = int(done.stdout.rsplit("peak MB", 1)[1])
+    assert peak_mb < 150, f"peak RSS {peak_mb} MB"
+    [kept] = read(broker, dead_letter_queue)
+    assert (kept.task, kept.problem) == ("proj.noop", None)
