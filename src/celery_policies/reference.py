@@ -157,7 +157,11 @@ def _language() -> list[str]:
         "A variable that is not set and has no default, an unclosed `${` and a bad name are "
         "errors.", "",
         "## Limits", "",
-        "Fixed limits, each a located error when passed:", "",
+        "Fixed limits, each a located error when passed. They are not settings: each guards "
+        "`check`, `explain` and worker start against a file that would hang or exhaust them, "
+        "and a real policy file stays far inside every one. The limits of the `dlq` commands "
+        "(the decompressed size of a dead letter, the broker timeout) can be changed: see "
+        "deadletters.md and commands.md.", "",
         "| what | limit |", "|---|---|",
         f"| a duration | at most {days:.0f} days (`{days:.0f}d`, "
         f"{durations.MAX_DURATION_SECONDS:.0f} seconds), and more than zero (a "
