@@ -69,6 +69,10 @@ class Recorder:
                     body = gzip.decompress(body)
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
+                elif encoding == "br":  # sentry-sdk compresses with brotli when installed
+                    import brotli  # noqa: PLC0415 - only when the SDK found it
+
+                    body = brotli.decompress(body)
                 elif encoding:
                     raise AssertionError(f"unexpected Content-Encoding {encoding}")
                 with recorder._lock:
