@@ -160,15 +160,16 @@ def test_redis_trims_the_lists_a_global_key_prefix_names(broker: str) -> None:
 
 #: Trims into a queue holding a compression bomb, in a process of its own: its peak memory.
 BOMB_TRIM = textwrap.dedent("""
-    import logging, resource, sys
+    import logging, sys
     from celery import Celery
+    from tests.support.memory import peak_mb
     from tests.support.trimming import send_together
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
     broker, queue = sys.argv[1:3]
     sent = send_together(lambda: Celery(broker=broker, set_as_current=False), queue, 1,
                          senders=1, each=1)
     assert sent.failed == [], sent.failed
-    print("peak MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    print("peak MB", peak_mb())
 """)
 
 
