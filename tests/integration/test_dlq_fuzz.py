@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import redis
 from benchmarks._deadletters import fabricate
 from celery import Celery
@@ -144,23 +145,12 @@ def replay_moves_each_valid_letter_once(broker: str, dead: str, work: str,
         assert (left[task_id], moved[task_id]) == (0, 1), task_id
 
 
+@pytest.mark.parametrize("entries", [ENTRIES, MALFORMED],
+                         ids=["hostile-entries", "malformed-plugin-headers"])
 def test_hostile_entries_never_break_a_command_lose_or_duplicate_a_valid_letter(
-        broker: str, client: Celery) -> None:
+        broker: str, client: Celery, entries: st.SearchStrategy[list[tuple[str, Any]]]) -> None:
     @FUZZ
-    @given(entries=ENTRIES)
-    def run(entries: list[tuple[str, Any]]) -> None:
-        with queues(client) as (dead, work):
-            valid = push(broker, dead, work, entries)
-            read_commands_keep_every_letter(broker, dead, valid)
-            replay_moves_each_valid_letter_once(broker, dead, work, valid)
-
-    run()
-
-
-def test_replay_of_letters_with_malformed_plugin_headers_never_loses_or_duplicates_one(
-        broker: str, client: Celery) -> None:
-    @FUZZ
-    @given(entries=MALFORMED)
+    @given(entries=entries)
     def run(entries: list[tuple[str, Any]]) -> None:
         with queues(client) as (dead, work):
             valid = push(broker, dead, work, entries)
