@@ -154,6 +154,11 @@ class SentryReporter:
                                    "sentry_sdk is not installed (pip install "
                                    "'celery-policies[sentry]'); nothing is reported to Sentry")
         config = self.config
+        if not _supported(sentry_sdk.VERSION):
+            return logging.ERROR, (f"celery-policies: sentry-sdk {sentry_sdk.VERSION} is not "
+                                   f"supported (this release supports {SUPPORTED_SDK}: pip "
+                                   f"install 'sentry-sdk{SUPPORTED_SDK}'); nothing is reported "
+                                   "to Sentry by the plugin")
         if sentry_sdk.get_client().is_active():
             how = "the application's Sentry client (the file's dsn, environment and " \
                   "release are not used)"
@@ -484,6 +489,16 @@ def _install_screens(options: dict[str, Any], include_args: bool) -> None:
         options["before_send_log"] = _screen_log(app_hook)
     elif isinstance(experiments, dict):
         experiments["before_send_log"] = _screen_log(experiments.get("before_send_log"))
+
+
+SUPPORTED_SDK = ">=2.0,<3"
+
+
+def _supported(version: str) -> bool:
+    """Whether the reporter was built for this sentry-sdk release (2.x: 3.0 rejects
+    ``include_local_variables`` and changed the scopes and hooks it uses)."""
+    major = version.split(".", 1)[0]
+    return major.isdigit() and int(major) == 2
 
 
 def _queues_collected(options: dict[str, Any]) -> bool:

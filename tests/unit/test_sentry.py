@@ -6,21 +6,27 @@ tests/integration/test_sentry.py.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+import sentry_sdk
+from celery import Celery, signals
 
 from celery_policies.budget import LOCK_WAIT, WINDOW, EventBudget
+from celery_policies.model import SentryConfig
 from celery_policies.routes import REDO_FORMAT, REDO_LOGGER
+from celery_policies.runtime import Runtime
 from celery_policies.screening import publishing_routes
 from celery_policies.sentry import (
     EXPERIMENTS,
     MIN_SEARCHED_LENGTH,
     NOT_SENT,
     SCREENED_HOOKS,
+    SentryReporter,
     _breadcrumbs,
     _delay,
     _install_screens,
@@ -31,6 +37,7 @@ from celery_policies.sentry import (
     _screen_transaction,
     _searched,
     _searched_values,
+    _supported,
 )
 
 FINGERPRINT = ["proj.task", "ValueError"]
@@ -354,3 +361,28 @@ def test_each_earlier_retry_becomes_a_breadcrumb() -> None:
         "retry 1 in 0.2s after proj.Flaky: down", "retry 2 in 0.4s after proj.Flaky"]
     assert crumbs[0]["timestamp"] == datetime.fromtimestamp(1_700_000_000.5, timezone.utc)
     assert {crumb["category"] for crumb in crumbs} == {"celery.retry"}
+
+
+@pytest.mark.parametrize(("version", "supported"), [
+    ("2.0.0", True), ("2.75.1", True), ("3.0.0", False), ("3.0.0a1", False), ("10.1", False),
+    ("1.45.0", False), ("dev", False),
+])
+def test_only_sentry_sdk_2_is_supported(version: str, supported: bool) -> None:
+    assert _supported(version) is supported
+
+
+def test_an_unsupported_sentry_sdk_is_refused_with_what_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """sentry-sdk 3 rejects the options the reporter sets up its client with, and its hooks
+    differ: the worker says so at ERROR and connects nothing rather than report partly."""
+    monkeypatch.setattr(sentry_sdk, "VERSION", "3.0.0")
+    app = Celery("unsupported", set_as_current=False)
+    reporter = SentryReporter(app, SentryConfig(dsn="http://key@127.0.0.1:9/1"),
+                              Runtime(app, None))
+    receivers = len(signals.task_failure.receivers)
+    level, message = reporter.start()
+    assert level == logging.ERROR
+    assert "sentry-sdk 3.0.0 is not supported" in message
+    assert "pip install 'sentry-sdk>=2.0,<3'" in message
+    assert len(signals.task_failure.receivers) == receivers
+    assert not sentry_sdk.get_client().is_active()
