@@ -14,7 +14,7 @@ from uuid import uuid4
 
 from kombu.connection import Connection
 
-from celery_policies.deadletter import Envelope, Publisher, dead_letter, now_iso
+from celery_policies.deadletters.envelope import Envelope, Publisher, dead_letter, now_iso
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from functools import partial
 
 from celery_policies import PolicyFileError, parse_policies
-from celery_policies.patterns import parse_pattern
+from celery_policies.spec.patterns import parse_pattern
 
 CATASTROPHIC = [r"re:(a+)+$", r"re:(\w+\.?)+_task"]
 WORST_ACCEPTED = [r"re:.*a.*a.*b", r"re:\w+\w+\w+b", "re:" + "a?" * 19 + "a{19}"]

@@ -83,7 +83,7 @@ EVERY_FAILURE = 1_000_000
 DEFAULT_PER_MINUTE = 60
 #: Celery's log line for each failure (celery/app/trace.py), as the check counts it.
 FAILURE_LINE = f"raised unexpected: ValueError('{FAILURE_MESSAGE}')"
-#: The plugin's warning when one of its Sentry hooks fails (sentry.py ``_guard``).
+#: The plugin's warning when one of its Sentry hooks fails (sentry/reporter.py ``_guard``).
 HOOK_FAILED = "celery-policies: could not"
 
 

@@ -1,12 +1,12 @@
 """celery-policies: control how Celery tasks retry, time out, acknowledge and fail from YAML."""
 
-from .backoff import RetrySettings
 from .errors import PolicyError, PolicyFileError, Problem
-from .loader import Policies, load_policies, parse_policies
-from .matching import Matcher, ResolvedPolicy, Setting, Source
-from .model import FailureRoute, Policy, PolicyFile, PolicySettings
 from .redelivery import RedeliveriesExhausted
-from .runtime import Runtime, TaskPolicy, install
+from .spec.backoff import RetrySettings
+from .spec.loader import Policies, load_policies, parse_policies
+from .spec.matching import Matcher, ResolvedPolicy, Setting, Source
+from .spec.model import FailureRoute, Policy, PolicyFile, PolicySettings
+from .worker.runtime import Runtime, TaskPolicy, install
 
 __all__ = [
     "FailureRoute",

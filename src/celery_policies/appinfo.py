@@ -15,9 +15,9 @@ from celery.app.defaults import DEFAULTS
 from celery.app.task import Task
 from celery.app.utils import find_app
 
-from ._types import UNLIMITED
-from .matching import ResolvedPolicy, Setting, Source
-from .model import PolicySettings
+from .spec.matching import ResolvedPolicy, Setting, Source
+from .spec.model import PolicySettings
+from .spec.values import UNLIMITED
 
 #: Plugin keys Celery knows nothing of, with their value when the file does not set them.
 PLUGIN_DEFAULTS: dict[str, Any] = {

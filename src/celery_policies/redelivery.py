@@ -27,13 +27,11 @@ from kombu.utils.imports import symbol_by_name
 from .compat import EXIT_IS_LOST_WORKER, cancelled, request_context
 from .errors import PolicyError
 from .guard import TO_CELERY, guard
+from .headers import REDELIVERIES_HEADER
+from .logs import EXHAUSTED_FORMAT
 
 log = logging.getLogger("celery_policies")
 
-#: The ERROR line of a task failed for good after its last redelivery.
-EXHAUSTED_FORMAT = "%s; failing the task"
-#: Message header counting how often a task was redelivered after losing its worker process.
-REDELIVERIES_HEADER = "celery_policies_redeliveries"
 
 
 class RedeliveriesExhausted(PolicyError):

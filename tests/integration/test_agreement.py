@@ -12,7 +12,7 @@ from celery import VERSION as celery_version
 from celery import Celery
 
 from celery_policies import Matcher, load_policies
-from celery_policies.explain import fingerprint
+from celery_policies.tools.explain import fingerprint
 from tests.support.proj import create_app
 from tests.support.workers import ROOT, Worker, Workers, attempts, gaps
 

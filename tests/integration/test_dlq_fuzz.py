@@ -25,8 +25,9 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 
 from celery_policies.cli import policies
-from celery_policies.deadletter import FAILURE_HEADER, REPLAYS_HEADER, Envelope, Publisher
-from celery_policies.dlq import plan
+from celery_policies.deadletters.envelope import Envelope, Publisher
+from celery_policies.deadletters.tools import plan
+from celery_policies.headers import FAILURE_HEADER, REPLAYS_HEADER
 from tests.support.deadletters import read
 from tests.support.workers import delete_queue
 

@@ -15,14 +15,8 @@ from celery import Celery
 from kombu.connection import Connection
 from kombu.entity import Queue
 
-from celery_policies.deadletter import (
-    FAILURE_HEADER,
-    REPLAYS_HEADER,
-    Envelope,
-    Publisher,
-    dead_letter,
-    now_iso,
-)
+from celery_policies.deadletters.envelope import Envelope, Publisher, dead_letter, now_iso
+from celery_policies.headers import FAILURE_HEADER, REPLAYS_HEADER
 from tests.support.deadletters import dlq, read
 from tests.support.workers import delete_queue
 

@@ -22,7 +22,7 @@ from kombu.compression import get_encoder
 from kombu.connection import Connection
 from kombu.entity import Queue
 
-from celery_policies.deadletter import Envelope, Publisher, dead_letter, now_iso
+from celery_policies.deadletters.envelope import Envelope, Publisher, dead_letter, now_iso
 from tests.support.deadletters import dlq, read
 from tests.support.workers import (
     ROOT,

@@ -17,7 +17,7 @@ import pytest
 from celery import Celery
 
 from celery_policies.compat import has_pool_start_method
-from celery_policies.runtime import CHILD_REFUSES
+from celery_policies.worker.runtime import CHILD_REFUSES
 from tests.support.workers import Workers, attempts, wait_for
 
 from .conftest import RUNTIME_POLICIES

@@ -23,7 +23,7 @@ import pytest
 import sentry_sdk
 from celery import Celery
 
-from celery_policies.routes import REDO_MARK
+from celery_policies.logs import REDO_MARK
 from tests.support import proj
 from tests.support.deadletters import of, read
 from tests.support.sentry import Recorder, recording

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 from kombu.connection import Connection
 
-from celery_policies.deadletter import DeadLetter
-from celery_policies.dlq import select
-from celery_policies.stores import open_store
+from celery_policies.deadletters.envelope import DeadLetter
+from celery_policies.deadletters.stores import open_store
+from celery_policies.deadletters.tools import select
 
 from .workers import ROOT
 

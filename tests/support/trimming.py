@@ -18,7 +18,7 @@ from uuid import uuid4
 
 from celery import Celery
 
-from celery_policies.routes import FailureRouter
+from celery_policies.worker.routes import FailureRouter
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 

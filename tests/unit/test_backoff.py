@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from celery_policies.backoff import (
+from celery_policies.spec.backoff import (
     CELERY_DEFAULT_RETRY_DELAY,
     GiveUp,
     Retry,
@@ -14,7 +14,7 @@ from celery_policies.backoff import (
     RetrySettings,
     simulate,
 )
-from celery_policies.matching import Matcher
+from celery_policies.spec.matching import Matcher
 from tests.conftest import load
 
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from celery_policies.cli import policies
-from celery_policies.reference import render_markdown
+from celery_policies.tools.schema import render_markdown
 from tests.conftest import EXAMPLE, ROOT
 
 EXAMPLE_TASKS = ["shop.billing.charge_card", "shop.billing.notify_payment_team",

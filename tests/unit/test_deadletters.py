@@ -26,9 +26,7 @@ from kombu.message import Message as KombuMessage
 from kombu.serialization import loads, registry
 
 from celery_policies import compat
-from celery_policies.deadletter import (
-    FAILURE_HEADER,
-    REPLAYS_HEADER,
+from celery_policies.deadletters.envelope import (
     TRACEBACK_LIMIT,
     DeadLetter,
     Envelope,
@@ -37,11 +35,11 @@ from celery_policies.deadletter import (
     exception_name,
     matches_exception,
 )
-from celery_policies.dlq import Filters
-from celery_policies.reading import Unreadable, decompressed, from_payload
+from celery_policies.deadletters.reading import Unreadable, decompressed, from_payload
+from celery_policies.deadletters.tools import Filters
+from celery_policies.headers import FAILURE_HEADER, GAVE_UP_ATTR, REPLAYS_HEADER
 from celery_policies.redelivery import RedeliveriesExhausted
-from celery_policies.retrying import GAVE_UP_ATTR
-from celery_policies.routes import final_reason
+from celery_policies.worker.routes import final_reason
 
 TASK_ID = "6a3e1c9e-0d4f-4c8e-9d1b-1f6f0f3c2a11"
 PARENT_ID = "0b7f3d55-8e8a-4d0c-8a48-5d0f6f2b9b0e"

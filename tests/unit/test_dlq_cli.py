@@ -29,7 +29,8 @@ from click.testing import CliRunner, Result
 from kombu.compression import compress, get_encoder
 
 from celery_policies.cli import policies
-from celery_policies.deadletter import FAILURE_HEADER, Envelope, Publisher, dead_letter, now_iso
+from celery_policies.deadletters.envelope import Envelope, Publisher, dead_letter, now_iso
+from celery_policies.headers import FAILURE_HEADER
 
 DLQ = "celery.dead_letter"
 APP_MODULE = "dlq_test_app"

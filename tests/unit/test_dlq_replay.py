@@ -11,16 +11,10 @@ from uuid import uuid4
 
 import pytest
 
-import celery_policies.dlq
-from celery_policies.deadletter import (
-    FAILURE_HEADER,
-    REPLAYS_HEADER,
-    DeadLetter,
-    Envelope,
-    Publisher,
-    dead_letter,
-)
-from celery_policies.dlq import plan, replay
+import celery_policies.deadletters.tools
+from celery_policies.deadletters.envelope import DeadLetter, Envelope, Publisher, dead_letter
+from celery_policies.deadletters.tools import plan, replay
+from celery_policies.headers import FAILURE_HEADER, REPLAYS_HEADER
 from tests.unit import test_dlq_cli
 from tests.unit.test_deadletters import letter
 from tests.unit.test_dlq_cli import DLQ, Broker, on_app
@@ -169,7 +163,7 @@ def test_replay_removes_each_letter_right_after_its_publish() -> None:
 def test_a_failed_publish_stops_the_replay_with_what_was_done_removed() -> None:
     events: list[str] = []
     store = ListStore([good("a"), good("b"), good("c")], events)
-    with pytest.raises(celery_policies.dlq.ReplayStopped) as stopped:
+    with pytest.raises(celery_policies.deadletters.tools.ReplayStopped) as stopped:
         replay(store, ListPublisher(events, fail_at=2),  # type: ignore[arg-type]
                plan(store.letters()))
     assert events == ["published a to work", "removed a"]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celery_policies.durations import (
+from celery_policies.spec.durations import (
     MAX_DURATION_SECONDS,
     format_duration,
     parse_duration,

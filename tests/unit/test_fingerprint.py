@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from celery_policies import Matcher
-from celery_policies.explain import fingerprint
+from celery_policies.tools.explain import fingerprint
 from tests.conftest import load
 
 NAMES = ["shop.billing.charge_card", "shop.billing.refund", "shop.emails.send_receipt"]

@@ -15,8 +15,8 @@ from kombu.exceptions import OperationalError
 
 from celery_policies import install, load_policies
 from celery_policies.cli import policies
-from celery_policies.control import policies as inspect_policies
-from celery_policies.fleet import Answer, Reference, file_reference, judge, majority
+from celery_policies.tools.fleet import Answer, Reference, file_reference, judge, majority
+from celery_policies.worker.inspect import policies as inspect_policies
 from tests.conftest import EXAMPLE
 from tests.unit.test_runtime import make_app
 

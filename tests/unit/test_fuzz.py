@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from celery_policies import Matcher, Policies, PolicyFileError, parse_policies
-from celery_policies.model import PolicyFile, PolicySettings
+from celery_policies.spec.model import PolicyFile, PolicySettings
 from tests.conftest import EXAMPLE
 
 KEYS = sorted({*PolicySettings.model_fields, *PolicyFile.model_fields, "match", "name", "when",

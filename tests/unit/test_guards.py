@@ -20,18 +20,19 @@ from billiard.einfo import ExceptionInfo
 from celery import Celery, signals
 from celery.exceptions import WorkerLostError
 
-import celery_policies.routes
-import celery_policies.runtime
-import celery_policies.sentry
+import celery_policies.sentry.reporter
+import celery_policies.worker.routes
+import celery_policies.worker.runtime
 from celery_policies import install
 from celery_policies.guard import GUARD_FORMAT
-from celery_policies.model import SentryConfig
-from celery_policies.redelivery import REDELIVERIES_HEADER, capped_request_class
-from celery_policies.retrying import FIRST_ATTEMPT_HEADER, wrap_run
-from celery_policies.routes import FailureRouter, routed_request_class
-from celery_policies.runtime import EXIT_CONFIG, Runtime, WorkerRefused
-from celery_policies.sentry import SentryReporter
-from celery_policies.worker_cli import ENV_VAR
+from celery_policies.headers import FIRST_ATTEMPT_HEADER, REDELIVERIES_HEADER
+from celery_policies.location import ENV_VAR
+from celery_policies.redelivery import capped_request_class
+from celery_policies.sentry.reporter import SentryReporter
+from celery_policies.spec.model import SentryConfig
+from celery_policies.worker.retrying import wrap_run
+from celery_policies.worker.routes import FailureRouter, routed_request_class
+from celery_policies.worker.runtime import EXIT_CONFIG, Runtime, WorkerRefused
 
 
 class Real(Exception):
@@ -91,7 +92,7 @@ def router() -> FailureRouter:
 
 def test_a_fault_deciding_a_failure_leaves_it_to_celery_with_the_real_exception(
         monkeypatch: pytest.MonkeyPatch, logged: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(celery_policies.routes, "final_reason", broken)
+    monkeypatch.setattr(celery_policies.worker.routes, "final_reason", broken)
     request = routed_request_class(CeleryRequest, router())()  # type: ignore[arg-type]
     info = exc_info_of(Real("the task's own"))
     assert request.on_failure(info) == "celery"
@@ -102,7 +103,7 @@ def test_a_fault_deciding_a_failure_leaves_it_to_celery_with_the_real_exception(
 
 def test_a_fault_deciding_a_timeout_leaves_it_to_celery(
         monkeypatch: pytest.MonkeyPatch, logged: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(celery_policies.routes, "timeout_is_final", broken)
+    monkeypatch.setattr(celery_policies.worker.routes, "timeout_is_final", broken)
     request = routed_request_class(CeleryRequest, router())()  # type: ignore[arg-type]
     request.task = object()
     assert request.on_timeout(False, 2.0) == "celery"
@@ -169,7 +170,7 @@ def test_a_fault_in_the_sentry_publish_hook_lets_the_publish_go_on(
         monkeypatch: pytest.MonkeyPatch, logged: pytest.LogCaptureFixture) -> None:
     reporter = SentryReporter(Celery("guards", set_as_current=False), SentryConfig(),
                               Runtime(Celery("guards", set_as_current=False), None))
-    monkeypatch.setattr(celery_policies.sentry, "running_task", broken)
+    monkeypatch.setattr(celery_policies.sentry.reporter, "running_task", broken)
     headers = {"id": "0f0f", "retries": 1}
     reporter.on_before_publish(headers=headers)
     assert headers == {"id": "0f0f", "retries": 1}
@@ -187,7 +188,7 @@ def test_a_pool_process_that_cannot_apply_the_policies_refuses_to_run_tasks(
     monkeypatch.setenv(ENV_VAR, str(path))
     monkeypatch.setattr(Runtime, "apply", broken)
     asked: list[tuple[int, int]] = []
-    monkeypatch.setattr(celery_policies.runtime.os, "kill",
+    monkeypatch.setattr(celery_policies.worker.runtime.os, "kill",
                         lambda pid, sig: asked.append((pid, sig)))
     app = Celery("guards", set_as_current=False)
     install(app)
@@ -205,8 +206,8 @@ def test_a_fault_before_the_policies_are_applied_refuses_the_worker(
     """``celery worker --policies FILE`` with no line of code: a fault while the plugin
     installs itself must stop the worker, not let it run without the policies it was
     given (Celery's dispatch of ``worker_init`` logs and swallows an ``Exception``)."""
-    monkeypatch.setattr(celery_policies.runtime, "install", broken)
-    celery_policies.runtime.connect_receivers()
+    monkeypatch.setattr(celery_policies.worker.runtime, "install", broken)
+    celery_policies.worker.runtime.connect_receivers()
 
     class Worker:
         def __init__(self) -> None:

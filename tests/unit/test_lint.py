@@ -16,8 +16,8 @@ from kombu import Queue
 from celery_policies import compat, load_policies
 from celery_policies.appinfo import load_app
 from celery_policies.lint import REGISTRY, Finding, lint
-from celery_policies.lintcodes import RULES
-from celery_policies.runtime import Runtime
+from celery_policies.spec.lintcodes import RULES
+from celery_policies.worker.runtime import Runtime
 from tests.conftest import EXAMPLE, ROOT, load, problems
 
 REDIS = "redis://127.0.0.1:6379/0"
@@ -709,7 +709,7 @@ def test_an_unknown_code_in_lint_ignore_is_a_located_validation_error() -> None:
 
 
 def test_lint_ignore_sets_no_task_setting() -> None:
-    from celery_policies.matching import Matcher  # noqa: PLC0415
+    from celery_policies.spec.matching import Matcher  # noqa: PLC0415
 
     policies = load("""
         version: 1

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from celery_policies import PolicyFileError, load_policies, parse_policies
-from celery_policies.loader import MAX_FILE_BYTES
+from celery_policies.spec.loader import MAX_FILE_BYTES
 from tests.conftest import load, problems
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from celery_policies import Matcher, parse_policies
-from celery_policies.patterns import Kind, parse_pattern
+from celery_policies.spec.patterns import Kind, parse_pattern
 from tests.conftest import load, problems
 
 

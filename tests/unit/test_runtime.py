@@ -10,8 +10,9 @@ import pytest
 from celery import Celery
 
 from celery_policies import install, load_policies
-from celery_policies.retrying import ORIGINAL_RUN
-from celery_policies.runtime import ENV_VAR, Runtime
+from celery_policies.location import ENV_VAR
+from celery_policies.worker.retrying import ORIGINAL_RUN
+from celery_policies.worker.runtime import Runtime
 
 #: Nothing listens on port 1 of the loopback interface: every connection is refused at once.
 CLOSED_BROKER = "amqp://guest:guest@127.0.0.1:1//"

@@ -16,12 +16,9 @@ import pytest
 import sentry_sdk
 from celery import Celery, signals
 
-from celery_policies.budget import LOCK_WAIT, WINDOW, EventBudget
-from celery_policies.model import SentryConfig
-from celery_policies.routes import REDO_FORMAT, REDO_LOGGER
-from celery_policies.runtime import Runtime
-from celery_policies.screening import publishing_routes
-from celery_policies.sentry import (
+from celery_policies.logs import REDO_FORMAT, REDO_LOGGER
+from celery_policies.sentry.budget import LOCK_WAIT, WINDOW, EventBudget
+from celery_policies.sentry.reporter import (
     EXPERIMENTS,
     MIN_SEARCHED_LENGTH,
     NOT_SENT,
@@ -39,6 +36,9 @@ from celery_policies.sentry import (
     _searched_values,
     _supported,
 )
+from celery_policies.sentry.screening import publishing_routes
+from celery_policies.spec.model import SentryConfig
+from celery_policies.worker.runtime import Runtime
 
 FINGERPRINT = ["proj.task", "ValueError"]
 

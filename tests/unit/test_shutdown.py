@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from celery_policies.budget import SHUTDOWN_LOCK_WAIT, EventBudget
-from celery_policies.model import SentryConfig
-from celery_policies.sentry import SentryReporter
+from celery_policies.sentry.budget import SHUTDOWN_LOCK_WAIT, EventBudget
+from celery_policies.sentry.reporter import SentryReporter
+from celery_policies.spec.model import SentryConfig
 
 FINGERPRINT = ["proj.task", "ValueError"]
 

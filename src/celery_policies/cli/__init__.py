@@ -7,16 +7,12 @@ import sys
 
 import click
 
-from ..worker_cli import enable
 from .check import check
 from .dlq import dlq
 from .explain import explain
 from .fleet import fleet
 from .schema import schema
 from .simulate import simulate
-
-# Celery's command line imports this module (the celery.commands entry point) as it starts.
-enable()
 
 
 @click.group(name="policies")

@@ -13,7 +13,7 @@ from rich.console import Console
 from ..appinfo import load_app
 from ..connections import BROKER_TIMEOUT_ENV, DEFAULT_BROKER_TIMEOUT
 from ..errors import PolicyFileError
-from ..loader import Policies, load_policies
+from ..spec.loader import Policies, load_policies
 
 #: Width of tables when the output is not a terminal (files, pipes, CI logs).
 PIPE_WIDTH = 160

@@ -8,8 +8,8 @@ import click
 
 from ..errors import PolicyFileError
 from ..lint import lint
-from ..loader import check_exceptions
-from ..pools import ENFORCED
+from ..lint.pools import ENFORCED
+from ..spec.loader import check_exceptions
 from ._common import fail_on_problems, find_app, read_policies
 
 

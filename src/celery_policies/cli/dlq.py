@@ -18,15 +18,16 @@ from rich.table import Table
 from rich.text import Text
 
 from ..connections import BrokerError, broker_errors, connect, describe, drop, talking
-from ..deadletter import DeadLetter, Publisher
-from ..dlq import Filters, ReplayReport, ReplayStopped, plan, purge, replay, select
-from ..durations import parse_duration
+from ..deadletters.envelope import DeadLetter, Publisher
+from ..deadletters.stores import Store, open_store
+from ..deadletters.tools import Filters, ReplayReport, ReplayStopped, plan, purge, replay, select
 from ..errors import PolicyError, PolicyFileError
-from ..explain import dead_letter_queue
-from ..loader import load_policies
-from ..model import DEFAULT_DEAD_LETTER_QUEUE
-from ..runtime import locate_file
-from ..stores import Store, open_store
+from ..headers import FAILURE_HEADER
+from ..location import locate_file
+from ..spec.durations import parse_duration
+from ..spec.loader import load_policies
+from ..spec.model import DEFAULT_DEAD_LETTER_QUEUE
+from ..tools.explain import dead_letter_queue
 from ._common import broker_timeout, broker_timeout_option, console, find_app
 from ._render import cell, printable
 
@@ -230,7 +231,7 @@ def show(ctx: click.Context, task_id: str, app_name: str | None, broker: str | N
         out.print(Text(printable(f"  args: {args!r}")))
         out.print(Text(printable(f"  kwargs: {kwargs!r}")))
         headers = {k: v for k, v in letter.envelope.headers.items()
-                   if k != "celery_policies_failure"}
+                   if k != FAILURE_HEADER}
         out.print(Text(printable(f"  headers: {json.dumps(headers, default=repr)}")))
         out.print(Text("  traceback:"))
         traceback = failure.get("traceback")

@@ -9,9 +9,9 @@ import click
 from rich.table import Table
 
 from ..appinfo import registered_tasks
-from ..explain import dead_letter_queue, to_json
-from ..explain import explain as explain_tasks
-from ..matching import Matcher
+from ..spec.matching import Matcher
+from ..tools.explain import dead_letter_queue, to_json
+from ..tools.explain import explain as explain_tasks
 from ._common import console, find_app, read_policies
 from ._render import human
 

@@ -11,8 +11,8 @@ from rich.table import Table
 
 from ..connections import BrokerError, connect, describe, drop, talking
 from ..errors import PolicyFileError
-from ..fleet import DEFAULT_TIMEOUT, DRIFT, OK, Fleet, Reference, ask, file_reference, judge
-from ..loader import load_policies
+from ..spec.loader import load_policies
+from ..tools.fleet import DEFAULT_TIMEOUT, DRIFT, OK, Fleet, Reference, ask, file_reference, judge
 from ._common import broker_timeout, broker_timeout_option, console, find_app
 
 

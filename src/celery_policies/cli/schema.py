@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..reference import json_schema, render_markdown
+from ..tools.schema import json_schema, render_markdown
 
 
 @click.command()

@@ -6,10 +6,10 @@ import click
 from rich.table import Table
 
 from ..appinfo import registered_tasks
-from ..durations import format_duration
-from ..explain import dead_letter_queue
-from ..matching import Matcher
-from ..simulation import DEFAULT_ATTEMPTS, simulate_task
+from ..spec.durations import format_duration
+from ..spec.matching import Matcher
+from ..tools.explain import dead_letter_queue
+from ..tools.simulate import DEFAULT_ATTEMPTS, simulate_task
 from ._common import console, find_app, read_policies
 from ._render import delay_range
 

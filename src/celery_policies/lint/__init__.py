@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from celery import Celery
 
 from ..appinfo import effective_settings, registered_tasks
-from ..explain import Explanation, explain
-from ..lintcodes import RULES
-from ..loader import Policies
-from ..matching import Matcher
+from ..spec.lintcodes import RULES
+from ..spec.loader import Policies
+from ..spec.matching import Matcher
+from ..tools.explain import Explanation, explain
 from . import acks, broker, coverage, limits, retries  # noqa: F401  (they register the rules)
 from ._core import REGISTRY, Context, Finding, Subject, run
 

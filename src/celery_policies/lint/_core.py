@@ -15,10 +15,10 @@ from typing import Any, Literal
 from celery import Celery
 
 from ..errors import DocPath
-from ..lintcodes import RULES, Severity
-from ..loader import Policies
-from ..matching import Matcher, Setting, Source
-from ..model import PolicySettings
+from ..spec.lintcodes import RULES, Severity
+from ..spec.loader import Policies
+from ..spec.matching import Matcher, Setting, Source
+from ..spec.model import PolicySettings
 
 #: Whose ``lint_ignore`` applies to a finding: a policy's index, ``defaults``, or none (then
 #: ``defaults`` decides, as for the rest of the file).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .._types import UNLIMITED
+from ..spec.values import UNLIMITED
 from ._core import Context, Hit, rule
 
 #: ``max_redeliveries`` above this lets a poison message kill worker processes for too long.

@@ -22,9 +22,9 @@ from ..compat import (
     redis_sweep_period,
     uses_quorum_queues,
 )
-from ..durations import format_duration
-from ..explain import dead_letter_queue
-from ..loader import Policies
+from ..spec.durations import format_duration
+from ..spec.loader import Policies
+from ..tools.explain import dead_letter_queue
 from ._core import Blame, Context, Hit, rule
 from .retries import long_countdowns
 

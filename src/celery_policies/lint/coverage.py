@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..patterns import parse_pattern
+from ..spec.patterns import parse_pattern
 from ._core import Blame, Context, Hit, Subject, rule
 
 

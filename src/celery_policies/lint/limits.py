@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..durations import format_duration
-from ..pools import unenforced
+from ..spec.durations import format_duration
 from ._core import Context, Hit, rule
+from .pools import unenforced
 
 
 @rule("CP103", needs="pool")

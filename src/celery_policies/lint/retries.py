@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ..backoff import RetryRule, attributes, longest_countdown, retry_rule, schedule
-from ..durations import format_duration
-from ..model import RetryOverride
+from ..spec.backoff import RetryRule, attributes, longest_countdown, retry_rule, schedule
+from ..spec.durations import format_duration
+from ..spec.model import RetryOverride
 from ._core import Blame, Context, Hit, Subject, rule
 
 #: Exception classes that bugs raise (or that catch them): the same failure comes back on

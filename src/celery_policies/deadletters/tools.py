@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from .deadletter import DeadLetter, Envelope, Publisher, matches_exception
-from .errors import PolicyError
+from ..errors import PolicyError
+from .envelope import DeadLetter, Envelope, Publisher, matches_exception
 from .stores import Store
 
 #: Why a dead letter with no recorded queue is not replayed without ``--to-queue``.

@@ -33,14 +33,14 @@ from celery.exceptions import (
 from celery.worker.request import Request
 from kombu.utils.imports import symbol_by_name
 
-from .compat import (
+from ..compat import (
     EXIT_IS_LOST_WORKER,
     cancelled,
     lost_worker_is_final,
     shutting_down,
     timeout_is_final,
 )
-from .deadletter import (
+from ..deadletters.envelope import (
     MESSAGE_LIMIT,
     Envelope,
     Publisher,
@@ -50,17 +50,16 @@ from .deadletter import (
     exception_name,
     now_iso,
 )
-from .guard import TO_CELERY, guard
-from .reading import from_entry, max_body_bytes
-from .redelivery import REDELIVERIES_HEADER, RedeliveriesExhausted, lost
-from .retrying import FIRST_ATTEMPT_HEADER, GAVE_UP_ATTR
-from .screening import publishing_routes
+from ..deadletters.failure import failure_message, origin_queue
+from ..deadletters.reading import from_entry, max_body_bytes
+from ..guard import TO_CELERY, guard
+from ..headers import FIRST_ATTEMPT_HEADER, GAVE_UP_ATTR, REDELIVERIES_HEADER
+from ..logs import REDO_FORMAT, REDO_LOGGER, UNTAKEN_FORMAT
+from ..redelivery import RedeliveriesExhausted, lost
+from ..sentry.screening import publishing_routes
 
 log = logging.getLogger("celery_policies")
 
-#: The CRITICAL line of a route that could not be taken: what, why, and the message as JSON
-#: (arguments included), on ``REDO_LOGGER`` alone.
-REDO_FORMAT = "could not %s (%r); to redo it by hand: %s"
 #: The WARNING naming a dead letter dropped to keep its queue at max_length.
 DROPPED_FORMAT = ("dead-letter queue %s is over max_length %d: dropped its oldest dead letter, "
                   "%s[%s] (failed at %s)")
@@ -72,17 +71,7 @@ UNLIMITED_FORMAT = ("dead-letter queue %s exists without the RabbitMQ limit max_
                     "asks for (x-max-length, set only when a queue is declared; it has none "
                     "or another): the workers drop its surplus themselves; delete the empty "
                     "queue to let RabbitMQ do it")
-#: What every formatted ``REDO_FORMAT`` line holds, however its arguments read.
-REDO_MARK = "; to redo it by hand: "
-#: The logger of the ``REDO_FORMAT`` lines. They hold a task's arguments, so the Sentry
-#: reporter has sentry_sdk's logging integration ignore it (no event, breadcrumb or Sentry
-#: Log); the worker's own log handlers write it like any other.
-REDO_LOGGER = "celery_policies.redo"
 redo_log = logging.getLogger(REDO_LOGGER)
-#: The CRITICAL line, on the package's logger, that says a route was not taken without the
-#: message: what, why, and where the message is. This one may reach Sentry.
-UNTAKEN_FORMAT = "failure route not taken: %s (%r); its message is logged in full by " \
-                 "the %s logger, to redo it by hand"
 #: Told of every final failure once its routes were tried: (request, exc, reason, all taken).
 FinalHook = Callable[[Any, BaseException, str, bool], None]
 
@@ -218,24 +207,6 @@ class FailureRouter:
     def close(self) -> None:
         if self._publisher is not None:
             self._publisher.close()
-
-
-def origin_queue(app: Celery, delivery: dict[str, Any]) -> str | None:
-    """The name of the worker queue a message came from (by exchange and routing key)."""
-    exchange, key = delivery.get("exchange") or "", delivery.get("routing_key")
-    for queue in app.amqp.queues.values():
-        if queue.routing_key == key and (queue.exchange.name or "") in (exchange, ""):
-            return str(queue.name)
-    return key
-
-
-def failure_message(exc: BaseException) -> str:
-    """An exception's message as a person reads it."""
-    if isinstance(exc, TimeLimitExceeded) and exc.args:  # str() gives "TimeLimitExceeded(2,)"
-        return f"hard time limit ({exc.args[0]}s) exceeded"
-    if isinstance(exc, Reject):  # str() gives "('reason', False)"
-        return f"rejected without requeue: {exc.reason}"
-    return str(exc)
 
 
 def final_reason(request: Any, exc: BaseException) -> str | None:

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._types import UNLIMITED
-from .exceptions import mro_distance, resolve_refs
+from .exception_refs import mro_distance, resolve_refs
+from .values import UNLIMITED
 
 # Celery's own defaults (celery/app/task.py), used where neither the file nor the task sets a key.
 #: Task.max_retries

@@ -19,7 +19,10 @@ from pydantic import (
     model_validator,
 )
 
-from ._types import (
+from ..errors import DocPath
+from .durations import format_duration
+from .patterns import parse_pattern
+from .values import (
     ACCEPTS,
     Backoff,
     Boolean,
@@ -38,9 +41,6 @@ from ._types import (
     got,
     not_null,
 )
-from .durations import format_duration
-from .errors import DocPath
-from .patterns import parse_pattern
 
 #: The queue a ``dead_letter: true`` route publishes to unless ``dead_letter.queue`` says otherwise.
 DEFAULT_DEAD_LETTER_QUEUE = "celery.dead_letter"

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from celery import Celery
 from celery.app.task import Task
 
-from .appinfo import effective_settings, lookup
-from .backoff import ExceptionRef, RetrySettings, Step, simulate
-from .exceptions import import_exception, mro_distance, resolve_refs
-from .matching import Matcher
-from .model import DEFAULT_DEAD_LETTER_QUEUE, FailureRoute
+from ..appinfo import effective_settings, lookup
+from ..spec.backoff import ExceptionRef, RetrySettings, Step, simulate
+from ..spec.exception_refs import import_exception, mro_distance, resolve_refs
+from ..spec.matching import Matcher
+from ..spec.model import DEFAULT_DEAD_LETTER_QUEUE, FailureRoute
 
 #: How many attempts a timeline shows at most (``max_retries: unlimited`` never ends).
 DEFAULT_ATTEMPTS = 20

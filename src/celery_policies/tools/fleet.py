@@ -1,10 +1,10 @@
 """Do the running workers apply the same policies? ``celery-policies fleet`` asks them.
 
-Every worker answers the ``policies`` inspect command (``control.py``) with the fingerprint of
-what it applies. A worker is ok when its fingerprint is the expected one: the fingerprint a
-given policy file yields for the app's tasks, else the one most workers share. Workers with
-another fingerprint, without policies, or that cannot answer the command drift; so does every
-worker when no fingerprint is shared by more workers than any other.
+Every worker answers the ``policies`` inspect command (``worker/inspect.py``) with the
+fingerprint of what it applies. A worker is ok when its fingerprint is the expected one: the
+fingerprint a given policy file yields for the app's tasks, else the one most workers share.
+Workers with another fingerprint, without policies, or that cannot answer the command drift;
+so does every worker when no fingerprint is shared by more workers than any other.
 
 A broadcast reaches only the workers that are up: who *must* answer is said with ``expect``
 (a count) or ``names`` (hostnames).
@@ -15,17 +15,27 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any
 
+import celery
 from celery import Celery
 from celery.app.control import flatten_reply
 from kombu.connection import Connection
 
-from .appinfo import registered_tasks
-from .control import COMMAND
+from ..appinfo import registered_tasks
+from ..spec.loader import Policies
+from ..spec.matching import Matcher
 from .explain import fingerprint
-from .loader import Policies
-from .matching import Matcher
+
+#: The name of the inspect command every worker answers (``celery inspect policies``).
+COMMAND = "policies"
+
+
+def versions() -> dict[str, str]:
+    """The versions a worker reports with its fingerprint."""
+    return {"celery_policies": version("celery-policies"), "celery": celery.__version__}
+
 
 #: Seconds to wait for the workers' answers (``celery inspect``'s default).
 DEFAULT_TIMEOUT = 1.0

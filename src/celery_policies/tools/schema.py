@@ -11,9 +11,8 @@ from typing import Any
 from pydantic import BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
 
-from . import _regex, _yaml, durations, loader, patterns
-from ._types import ACCEPTS
-from .model import (
+from ..spec import _regex, _yaml, durations, loader, patterns
+from ..spec.model import (
     BrokerConfig,
     DeadLetterConfig,
     FailureRoute,
@@ -25,6 +24,7 @@ from .model import (
     RetryOverride,
     SentryConfig,
 )
+from ..spec.values import ACCEPTS
 
 _SECTIONS: list[tuple[str, type[BaseModel], tuple[str, ...] | None, str]] = [
     ("Top level", PolicyFile, None, "The keys of the file itself."),

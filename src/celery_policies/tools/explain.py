@@ -21,10 +21,10 @@ from celery import Celery
 from celery.app.task import Task
 from pydantic import BaseModel
 
-from .appinfo import effective_settings
-from .loader import Policies
-from .matching import Matcher, Setting
-from .model import DEFAULT_DEAD_LETTER_QUEUE
+from ..appinfo import effective_settings
+from ..spec.loader import Policies
+from ..spec.matching import Matcher, Setting
+from ..spec.model import DEFAULT_DEAD_LETTER_QUEUE
 
 
 @dataclass(frozen=True)

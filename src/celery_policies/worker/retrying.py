@@ -19,21 +19,14 @@ from typing import Any
 from celery.app.task import Task
 from celery.exceptions import Ignore, Reject, Retry
 
-from .backoff import GiveUp, GiveUpReason, RetrySettings
-from .backoff import Retry as Delay
-from .compat import celery_original_run, clear_max_retries_override
-from .guard import TO_CELERY, guard
+from ..compat import celery_original_run, clear_max_retries_override
+from ..guard import TO_CELERY, guard
+from ..headers import FIRST_ATTEMPT_HEADER, GAVE_UP_ATTR
+from ..spec.backoff import GiveUp, GiveUpReason, RetrySettings
+from ..spec.backoff import Retry as Delay
 
 log = logging.getLogger("celery_policies")
 
-#: Message header carrying the time (epoch seconds) the first attempt started, across retries.
-FIRST_ATTEMPT_HEADER = "celery_policies_first_attempt"
-#: Set on an exception the wrapper stopped retrying: why (a ``GiveUpReason``). It travels
-#: with the pickled exception from the pool child to the worker's main process.
-GAVE_UP_ATTR = "celery_policies_gave_up"
-#: The logger of the line each give-up writes. It repeats a failure the Sentry reporter sends
-#: as an event of its own, so the reporter keeps Sentry's logging integration off it.
-GIVE_UP_LOGGER = "celery_policies.gave_up"
 #: Marks a task whose ``run`` is the plugin's wrapper; holds the run it wraps.
 ORIGINAL_RUN = "_celery_policies_run"
 

@@ -2,14 +2,14 @@
 
 Celery's command line imports every ``celery.commands`` entry point as it starts
 (``with_plugins`` in celery/bin/celery.py, the same in 5.3 to 5.7); this package's is
-``celery_policies.cli:policies``, whose import calls ``enable()``. That adds ``--policies``
-and ``--policies-strict`` to the worker command and connects one ``worker_init`` receiver,
-so that ``celery -A proj worker --policies policies.yaml`` applies the file to an app that
-never imports the plugin. For such an app it does nothing unless a file is named by
-``--policies``, ``$CELERY_POLICIES_FILE`` or the ``policies_file`` setting: a worker that
-asks for nothing runs as before. ``python -m celery`` and ``app.worker_main()`` go through
-the same command line; a worker built in code (``app.Worker()``, ``start_worker``) does not,
-and needs ``install(app)``.
+``celery_policies.celery_command:policies``, whose import calls ``enable()``. That adds
+``--policies`` and ``--policies-strict`` to the worker command and connects one
+``worker_init`` receiver, so that ``celery -A proj worker --policies policies.yaml`` applies
+the file to an app that never imports the plugin. For such an app it does nothing unless a
+file is named by ``--policies``, ``$CELERY_POLICIES_FILE`` or the ``policies_file`` setting:
+a worker that asks for nothing runs as before. ``python -m celery`` and
+``app.worker_main()`` go through the same command line; a worker built in code
+(``app.Worker()``, ``start_worker``) does not, and needs ``install(app)``.
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from typing import Any
 
 import click
 
-#: The environment variable naming the policy file.
-ENV_VAR = "CELERY_POLICIES_FILE"
-#: The app setting naming the policy file (``CELERY_POLICIES_FILE`` in Django settings).
-CONF_KEY = "policies_file"
+from ..location import CONF_KEY, ENV_VAR
+
 #: The worker's options, on its command line and in ``WorkController.options``.
 WORKER_OPTIONS = (
     click.Option(["--policies"], metavar="FILE", default=None,

@@ -29,7 +29,7 @@ from kombu.connection import Connection
 from kombu.entity import Queue
 from kombu.transport.filesystem import LOCK_SH, lock, unlock
 
-from .compat import redis_server_keys
+from ..compat import redis_server_keys
 
 #: Drops the oldest messages of a queue's lists (KEYS, kombu's lists per priority step) over
 #: ARGV[1] messages in all, in one atomic step; returns them, oldest first. kombu pushes on the

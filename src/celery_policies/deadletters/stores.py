@@ -25,9 +25,9 @@ from typing import Any, Protocol, cast
 
 from kombu.connection import Connection
 
-from .compat import redis_queue_keys
-from .deadletter import DeadLetter, queue_size
-from .errors import PolicyError
+from ..compat import redis_queue_keys
+from ..errors import PolicyError
+from .envelope import DeadLetter, queue_size
 from .reading import from_amqp, from_payload, is_json, max_body_bytes, unreadable
 from .trimming import written_order
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ..errors import DocPath, PolicyFileError, Problem
 from . import _yaml
-from .errors import DocPath, PolicyFileError, Problem
-from .exceptions import exception_references, import_exception
+from .exception_refs import exception_references, import_exception
 from .model import PolicyFile
 
 #: The largest policy file read, in bytes.

@@ -30,18 +30,14 @@ from kombu.entity import Queue
 from kombu.messaging import Producer
 from kombu.serialization import loads
 
-from .retrying import FIRST_ATTEMPT_HEADER
+from ..headers import (
+    COMPRESSION_HEADER,
+    FAILURE_HEADER,
+    REPLAYS_HEADER,
+    RUN_HEADERS,
+)
 from .trimming import Trimmed, limit_arguments, trim
 
-#: kombu's message header naming the compression of the body (kombu/messaging.py,
-#: ``Producer._prepare``); kombu's ``Message`` decompresses the body when it is set.
-COMPRESSION_HEADER = "compression"
-#: The header of a dead letter holding its failure record (a dict; see ``failure_record``).
-FAILURE_HEADER = "celery_policies_failure"
-#: The header counting how often a message was replayed from a dead-letter queue.
-REPLAYS_HEADER = "celery_policies_replays"
-#: Headers that describe one run of a task, dropped when it is replayed (fresh retry budget).
-RUN_HEADERS = (FAILURE_HEADER, FIRST_ATTEMPT_HEADER, "celery_policies_redeliveries")
 #: A dead letter's traceback keeps at most this many characters: the end, where it failed.
 TRACEBACK_LIMIT = 8192
 #: A dead letter's exception message keeps at most this many characters.

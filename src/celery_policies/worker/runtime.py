@@ -26,31 +26,32 @@ from celery import Celery, current_app, signals
 from celery.app.task import Task
 from celery.apps.worker import Worker as AppWorker
 
-from ._types import UNLIMITED
-from .appinfo import PLUGIN_DEFAULTS, SETTING_KEYS, code_setting, lookup, registered_tasks
-from .backoff import GiveUpReason, RetrySettings
-from .compat import forget_exec_options, real_app, rebuild_tracer, set_acks_on_failure_or_timeout
-from .control import RUNTIME_ATTR, versions
-from .errors import PolicyFileError
-from .exceptions import resolve_refs
-from .explain import Explanation, dead_letter_queue, explain, fingerprint, jsonable
-from .guard import guard
-from .lint import lint
-from .loader import Policies, load_policies
-from .matching import Matcher
-from .pools import pool_name
-from .redelivery import capped_request_class
-from .retrying import GIVE_UP_LOGGER, wrap_run
+from ..appinfo import PLUGIN_DEFAULTS, SETTING_KEYS, code_setting, lookup, registered_tasks
+from ..compat import forget_exec_options, real_app, rebuild_tracer, set_acks_on_failure_or_timeout
+from ..errors import PolicyFileError
+from ..guard import guard
+from ..lint import lint
+from ..lint.pools import pool_name
+from ..location import CONF_KEY, DEFAULT_FILE, ENV_VAR, locate_file
+from ..logs import GIVE_UP_LOGGER
+from ..redelivery import capped_request_class
+from ..sentry.reporter import SentryReporter
+from ..spec.backoff import GiveUpReason, RetrySettings
+from ..spec.exception_refs import resolve_refs
+from ..spec.loader import Policies, load_policies
+from ..spec.matching import Matcher
+from ..spec.values import UNLIMITED
+from ..tools.explain import Explanation, dead_letter_queue, explain, fingerprint, jsonable
+from ..tools.fleet import versions
+from ..tools.simulate import routes_for
+from .inspect import RUNTIME_ATTR
+from .options import add_options, named_file
+from .retrying import wrap_run
 from .routes import FailureRouter, routed_request_class
-from .sentry import SentryReporter
-from .simulation import routes_for
-from .worker_cli import CONF_KEY, ENV_VAR, add_options, named_file
 
 log = logging.getLogger("celery_policies")
 give_up_log = logging.getLogger(GIVE_UP_LOGGER)
 
-#: The file used when nothing else names one, relative to the working directory.
-DEFAULT_FILE = "policies.yaml"
 #: Exit status of a worker refused because of its policies (sysexits.h EX_CONFIG).
 EXIT_CONFIG = 78
 #: What a worker that cannot apply the policies does instead.
@@ -385,16 +386,6 @@ def _patch(task: Task, policy: TaskPolicy, runtime: Runtime) -> None:
     task.Request = request
 
 
-def locate_file(app: Celery | None, *given: str | None) -> str | None:
-    """The first of ``given`` that is set, else ``$CELERY_POLICIES_FILE``, else the app's
-    ``policies_file`` setting, else ``./policies.yaml`` if it exists."""
-    setting = app.conf.get(CONF_KEY) if app is not None else None
-    for candidate in (*given, os.environ.get(ENV_VAR), setting):
-        if candidate:
-            return os.fspath(candidate)
-    return DEFAULT_FILE if os.path.isfile(DEFAULT_FILE) else None
-
-
 class WorkerRefused(SystemExit):
     """A worker stopped at startup because of its policies. A ``SystemExit`` passes through
     Celery's signal dispatch (which logs and swallows ``Exception``) and out of
@@ -445,7 +436,7 @@ def runtime_of(app: Celery | None) -> Runtime | None:
 # One receiver per signal for the whole process, however many apps call install (a test suite
 # may create hundreds): each finds the runtime of the app the signal is about, and no app is
 # kept alive by the signal.
-_RECEIVER_UID = "celery_policies.runtime"
+_RECEIVER_UID = "celery_policies.worker.runtime"
 
 
 def connect_receivers() -> None:

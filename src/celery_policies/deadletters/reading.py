@@ -27,8 +27,9 @@ from typing import Any
 from kombu.compression import decompress, get_encoder
 from kombu.utils.json import loads
 
-from .deadletter import COMPRESSION_HEADER, DeadLetter, Envelope
-from .errors import PolicyError
+from ..errors import PolicyError
+from ..headers import COMPRESSION_HEADER
+from .envelope import DeadLetter, Envelope
 
 #: A reader decompresses a dead letter's body to at most this many megabytes (2**20 bytes);
 #: a larger one is shown as unreadable ("decompressed size over 10 MB"), never held in

@@ -7,20 +7,14 @@ and the per-task settings as the running worker holds them.
 
 from __future__ import annotations
 
-from importlib.metadata import version
 from typing import Any
 
-import celery
 from celery.worker.control import inspect_command
+
+from ..tools.fleet import COMMAND, versions
 
 #: The attribute of a Celery app holding its ``Runtime`` (set by ``install``).
 RUNTIME_ATTR = "_celery_policies_runtime"
-#: The name of the inspect command (``celery inspect policies``).
-COMMAND = "policies"
-
-
-def versions() -> dict[str, str]:
-    return {"celery_policies": version("celery-policies"), "celery": celery.__version__}
 
 
 @inspect_command(name=COMMAND)  # type: ignore[untyped-decorator]

@@ -7,7 +7,7 @@ Where a failure is reported depends on where Celery learns of it:
   real stack and, with sentry_sdk's CeleryIntegration, the task's own scope and breadcrumbs.
 * A hard time limit, a lost worker process and exhausted ``max_redeliveries`` never reach a
   child: the worker's main process reports them from the task's request class, after the
-  failure routes (``routes.py``), so ``dead_lettered`` says what really happened.
+  failure routes (``worker/routes.py``), so ``dead_lettered`` says what really happened.
 
 The Celery and sentry-python traps this module exists for:
 
@@ -53,17 +53,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 from celery import Celery, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 
+from ..compat import running_task
+from ..deadletters.envelope import exception_name
+from ..deadletters.failure import failure_message, origin_queue
+from ..guard import guard
+from ..headers import GAVE_UP_ATTR, RETRY_HISTORY_HEADER
+from ..logs import EXHAUSTED_FORMAT, GIVE_UP_LOGGER, REDO_FORMAT, REDO_LOGGER, REDO_MARK
+from ..redelivery import RedeliveriesExhausted
 from .budget import EventBudget
-from .compat import running_task
-from .deadletter import exception_name
-from .guard import guard
-from .redelivery import EXHAUSTED_FORMAT, RedeliveriesExhausted
-from .retrying import GAVE_UP_ATTR, GIVE_UP_LOGGER
-from .routes import REDO_FORMAT, REDO_LOGGER, REDO_MARK, failure_message, origin_queue
 from .screening import in_publishing_routes
 
 if TYPE_CHECKING:
-    from .model import SentryConfig
+    from ..spec.model import SentryConfig
 
 log = logging.getLogger("celery_policies")
 
@@ -71,8 +72,6 @@ log = logging.getLogger("celery_policies")
 MECHANISM = "celery_policies"
 #: The name of the event context holding the task's effective policy.
 CONTEXT = "celery_policies"
-#: Message header listing a task's earlier retries, for breadcrumbs on its final failure.
-RETRY_HISTORY_HEADER = "celery_policies_retry_history"
 #: Retries kept in that header (the most recent), and the length kept of each message.
 HISTORY_LIMIT = 20
 HISTORY_MESSAGE_LIMIT = 200
@@ -204,7 +203,7 @@ class SentryReporter:
                               f"{'included' if self.include_args else 'never sent'}")
 
     def _connect(self, *, celery_integration: bool) -> None:
-        uid = f"celery_policies.sentry:{id(self.app)}"
+        uid = f"celery_policies.sentry.reporter:{id(self.app)}"
         hooks: list[tuple[Any, Callable[..., None]]] = [
             (signals.worker_process_init, self.on_process_init),
             (signals.task_failure, self.on_task_failure),

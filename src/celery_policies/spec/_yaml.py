@@ -19,7 +19,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .errors import DocPath
+from ..errors import DocPath
 
 try:  # the C loader is several times faster; fall back to pure Python where libyaml is absent
     from yaml import CSafeLoader as _Loader

@@ -10,7 +10,7 @@ import builtins
 import importlib
 from collections.abc import Iterable, Iterator
 
-from .errors import DocPath
+from ..errors import DocPath
 from .model import PolicyFile, PolicySettings
 
 
