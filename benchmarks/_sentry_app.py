@@ -28,7 +28,7 @@ from benchmarks._workers import READY_MARK
 from celery import Celery, signals
 
 import celery_policies
-from celery_policies import Runtime
+from celery_policies.worker.runtime import Runtime
 
 #: The name of the benchmarked task.
 TASK_NAME = "bench.fail"

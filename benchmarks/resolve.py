@@ -34,7 +34,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from celery_policies import Matcher, Policies, load_policies, parse_policies
+from celery_policies import Policies, load_policies, parse_policies
+from celery_policies.spec.matching import Matcher
 
 #: Seed of the synthetic data; change it to check a result is not an accident of one data set.
 SEED = 20240601

@@ -72,7 +72,8 @@ from celery import Celery
 from celery.utils.time import get_exponential_backoff_interval
 
 import celery_policies
-from celery_policies import RetrySettings, parse_policies
+from celery_policies import parse_policies
+from celery_policies.spec.backoff import RetrySettings
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The issue's figures: 20,000 tasks, and the plugin at least 0.98 of the decorator's rate.

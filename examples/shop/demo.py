@@ -34,7 +34,8 @@ from typing import Any
 from celery.exceptions import TimeoutError as ResultTimeout
 from celery.result import AsyncResult
 
-from celery_policies import Matcher, load_policies
+from celery_policies import load_policies
+from celery_policies.spec.matching import Matcher
 
 from .app import BROKER_DIR_VAR, app, settings_from_env
 from .billing import charge_card

@@ -11,7 +11,8 @@ from typing import Any
 from celery import VERSION as celery_version
 from celery import Celery
 
-from celery_policies import Matcher, load_policies
+from celery_policies import load_policies
+from celery_policies.spec.matching import Matcher
 from celery_policies.tools.explain import fingerprint
 from tests.support.proj import create_app
 from tests.support.workers import ROOT, Worker, Workers, attempts, gaps

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from celery_policies import Matcher
+from celery_policies.spec.matching import Matcher
 from celery_policies.tools.explain import fingerprint
 from tests.conftest import load
 

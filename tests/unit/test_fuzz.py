@@ -12,7 +12,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from celery_policies import Matcher, Policies, PolicyFileError, parse_policies
+from celery_policies import Policies, PolicyFileError, parse_policies
+from celery_policies.spec.matching import Matcher
 from celery_policies.spec.model import PolicyFile, PolicySettings
 from tests.conftest import EXAMPLE
 

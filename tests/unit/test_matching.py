@@ -10,7 +10,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from celery_policies import Matcher, parse_policies
+from celery_policies import parse_policies
+from celery_policies.spec.matching import Matcher
 from celery_policies.spec.patterns import Kind, parse_pattern
 from tests.conftest import load, problems
 
