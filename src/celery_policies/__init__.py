@@ -7,7 +7,7 @@ or parse a file, and the errors. Everything else is internal and may change in a
 from .errors import PolicyError, PolicyFileError, Problem
 from .redelivery import RedeliveriesExhausted
 from .spec.loader import Policies, load_policies, parse_policies
-from .worker.runtime import install
+from .worker.install import install
 
 __all__ = [
     "Policies",

@@ -134,7 +134,7 @@ def coded(self: Any, key: str, fail_times: int = 0, error: str = "Flaky") -> str
 def hold_budget() -> None:
     """Take the Sentry budget's shared lock and die holding it, as an OOM-killed pool
     process counting an event would."""
-    from celery_policies.worker.runtime import runtime_of  # noqa: PLC0415 - only this task needs it
+    from celery_policies.worker.install import runtime_of  # noqa: PLC0415 - only this task needs it
 
     runtime = runtime_of(app)
     assert runtime is not None

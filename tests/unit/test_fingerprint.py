@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from celery_policies.policy import fingerprint
 from celery_policies.spec.matching import Matcher
-from celery_policies.tools.explain import fingerprint
+from celery_policies.tools.explain import explain
 from tests.conftest import load
 
 NAMES = ["shop.billing.charge_card", "shop.billing.refund", "shop.emails.send_receipt"]
@@ -60,7 +61,7 @@ defaults: {acks_late: "${ACKS_LATE}", time_limit: 0.5m}
 
 
 def print_of(text: str, names: list[str] = NAMES, **environ: str) -> str:
-    return fingerprint(Matcher(load(text, environ=environ)), names)
+    return fingerprint(explain(Matcher(load(text, environ=environ)), names))
 
 
 def test_the_same_policies_written_differently_have_the_same_fingerprint() -> None:

@@ -21,15 +21,16 @@ from celery import Celery, signals
 from celery.exceptions import WorkerLostError
 
 import celery_policies.sentry.reporter
+import celery_policies.worker.install
 import celery_policies.worker.routes
 import celery_policies.worker.runtime
 from celery_policies import install
 from celery_policies.guard import GUARD_FORMAT
 from celery_policies.headers import FIRST_ATTEMPT_HEADER, REDELIVERIES_HEADER
 from celery_policies.location import ENV_VAR
-from celery_policies.redelivery import capped_request_class
 from celery_policies.sentry.reporter import SentryReporter
 from celery_policies.spec.model import SentryConfig
+from celery_policies.worker.redeliveries import capped_request_class
 from celery_policies.worker.retrying import wrap_run
 from celery_policies.worker.routes import FailureRouter, routed_request_class
 from celery_policies.worker.runtime import EXIT_CONFIG, Runtime, WorkerRefused
@@ -206,8 +207,8 @@ def test_a_fault_before_the_policies_are_applied_refuses_the_worker(
     """``celery worker --policies FILE`` with no line of code: a fault while the plugin
     installs itself must stop the worker, not let it run without the policies it was
     given (Celery's dispatch of ``worker_init`` logs and swallows an ``Exception``)."""
-    monkeypatch.setattr(celery_policies.worker.runtime, "install", broken)
-    celery_policies.worker.runtime.connect_receivers()
+    monkeypatch.setattr(celery_policies.worker.install, "install", broken)
+    celery_policies.worker.install.connect_receivers()
 
     class Worker:
         def __init__(self) -> None:

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"errors", "compat", "guard", "connections", "headers", "logs", "location",
      "redelivery"},
     {"spec"},
-    {"appinfo"},
+    {"appinfo", "policy"},
     {"deadletters"},
     {"sentry"},
     {"tools"},

@@ -7,8 +7,8 @@ from typing import Any
 
 from rich.text import Text
 
+from ..policy import jsonable
 from ..spec.durations import format_duration
-from ..tools.explain import jsonable
 
 #: Characters shown escaped besides the control characters (C0, DEL, C1): the bidirectional
 #: overrides and isolates, which reorder what follows them on screen, and the Unicode line

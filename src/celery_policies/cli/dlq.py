@@ -27,7 +27,6 @@ from ..location import locate_file
 from ..spec.durations import parse_duration
 from ..spec.loader import load_policies
 from ..spec.model import DEFAULT_DEAD_LETTER_QUEUE
-from ..tools.explain import dead_letter_queue
 from ._common import broker_timeout, broker_timeout_option, console, find_app
 from ._render import cell, printable
 
@@ -125,7 +124,7 @@ def _file_queue(app: Any) -> str:
     if path is None:
         return DEFAULT_DEAD_LETTER_QUEUE
     try:
-        return dead_letter_queue(load_policies(path))
+        return load_policies(path).model.dead_letter_queue
     except PolicyFileError as exc:
         raise click.ClickException(f"{exc.summary}; name the queue with --queue") from exc
 

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from ..appinfo import registered_tasks
 from ..spec.matching import Matcher
-from ..tools.explain import dead_letter_queue, to_json
 from ..tools.explain import explain as explain_tasks
+from ..tools.explain import to_json
 from ._common import console, find_app, read_policies
 from ._render import human
 
@@ -47,7 +47,7 @@ def explain(ctx: click.Context, file: str, task_pattern: str | None, app_name: s
     else:
         tasks, names = {}, [task_pattern]
     explanations = explain_tasks(matcher, names, app, tasks)
-    queue = dead_letter_queue(policies)
+    queue = policies.model.dead_letter_queue
     if fmt == "json":
         click.echo(json.dumps(to_json(policies, explanations), indent=2))
         return

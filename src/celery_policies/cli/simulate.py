@@ -8,7 +8,6 @@ from rich.table import Table
 from ..appinfo import registered_tasks
 from ..spec.durations import format_duration
 from ..spec.matching import Matcher
-from ..tools.explain import dead_letter_queue
 from ..tools.simulate import DEFAULT_ATTEMPTS, simulate_task
 from ._common import console, find_app, read_policies
 from ._render import delay_range
@@ -51,8 +50,7 @@ def simulate(ctx: click.Context, file: str, task_name: str, exception: str,
         raise click.BadParameter(f"the app has no task {task_name!r}", param_hint="'--task'")
     imports = app is not None or import_modules
     line = simulate_task(Matcher(policies), task_name, exception, attempts=attempts, app=app,
-                         task=task, dead_letter_queue=dead_letter_queue(policies),
-                         import_modules=imports)
+                         task=task, import_modules=imports)
     matched = ", ".join(line.matched) or "no policy (defaults only)"
     out.print(f"{line.task} raising {line.exception}  [dim]matched: {matched}[/dim]")
     if not line.exception_imported:

@@ -14,10 +14,11 @@ from collections.abc import Iterable
 from celery import Celery
 
 from ..appinfo import effective_settings, registered_tasks
+from ..policy import TaskPolicy
 from ..spec.lintcodes import RULES
 from ..spec.loader import Policies
 from ..spec.matching import Matcher
-from ..tools.explain import Explanation, explain
+from ..tools.explain import explain
 from . import acks, broker, coverage, limits, retries  # noqa: F401  (they register the rules)
 from ._core import REGISTRY, Context, Finding, Subject, run
 
@@ -25,23 +26,24 @@ __all__ = ["REGISTRY", "RULES", "Finding", "lint"]
 
 
 def lint(policies: Policies, app: Celery | None = None, *, pool: str | None = None,
-         explanations: Iterable[Explanation] | None = None) -> list[Finding]:
+         compiled: Iterable[TaskPolicy] | None = None,
+         matcher: Matcher | None = None) -> list[Finding]:
     """The findings of every rule that can run, in file order.
 
-    ``explanations`` are the registered tasks' (as ``explain`` gives them), when the caller
-    has them already; by default they are worked out from ``app``. ``pool`` is a worker pool
-    alias (``prefork``, ``solo``, ...).
+    ``compiled`` are the registered tasks' policies and ``matcher`` the file's, when the caller
+    has them already (a worker at startup); by default they are worked out from ``app``.
+    ``pool`` is a worker pool alias (``prefork``, ``solo``, ...).
     """
-    matcher = Matcher(policies)
+    matcher = matcher or Matcher(policies)
     if app is None:
         subjects = _stand_ins(policies, matcher)
     else:
-        if explanations is None:
+        if compiled is None:
             tasks = registered_tasks(app)
-            explanations = explain(matcher, list(tasks), app, tasks)
-        subjects = [Subject(item.task, tuple(matcher.matching(item.task)),
+            compiled = explain(matcher, list(tasks), app, tasks)
+        subjects = [Subject(item.task, item.order,
                             {key: setting for key, (setting, _) in item.settings.items()})
-                    for item in explanations]
+                    for item in compiled]
     return run(Context(policies, matcher, subjects, app, pool))
 
 

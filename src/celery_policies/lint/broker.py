@@ -24,7 +24,6 @@ from ..compat import (
 )
 from ..spec.durations import format_duration
 from ..spec.loader import Policies
-from ..tools.explain import dead_letter_queue
 from ._core import Blame, Context, Hit, rule
 from .retries import long_countdowns
 
@@ -175,7 +174,7 @@ def dead_letter_queue_consumed(context: Context) -> Iterator[Hit]:
     assert context.app is not None
     # the queues of -Q in a worker; every declared queue (or task_default_queue) otherwise
     consumed = set(context.app.amqp.queues.consume_from)
-    default = dead_letter_queue(context.policies)
+    default = context.policies.model.dead_letter_queue
     for path, owner, layer in context.layers():
         for index, route in enumerate(layer.on_failure or ()):
             queue = default if route.dead_letter is True else route.dead_letter

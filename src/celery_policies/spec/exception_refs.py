@@ -85,3 +85,21 @@ def resolve_refs(names: Iterable[str]) -> tuple[type[BaseException] | str, ...]:
         except ValueError:
             out.append(name)
     return tuple(out)
+
+
+def placeholder_exception(dotted: str) -> type[BaseException]:
+    """A stand-in for an exception class that cannot be imported here: a direct subclass of
+    ``Exception`` with the same module and name, so rules naming it still match."""
+    module, _, name = dotted.rpartition(".")
+    return type(name, (Exception,), {"__module__": module or "builtins", "__qualname__": name})
+
+
+def builtin_exception(name: str) -> type[BaseException] | None:
+    found = getattr(builtins, name, None) if "." not in name else None
+    return found if isinstance(found, type) and issubclass(found, BaseException) else None
+
+
+def names_only(names: Iterable[str]) -> tuple[type[BaseException] | str, ...]:
+    """``resolve_refs`` without importing anything: builtin names become their classes, and
+    dotted names stay text, matched by name (see ``mro_distance``)."""
+    return tuple(builtin_exception(name) or name for name in names)

@@ -93,6 +93,8 @@ class ResolvedPolicy:
     task: str
     matched: tuple[str, ...]
     settings: Mapping[str, Setting] = field(default_factory=lambda: MappingProxyType({}))
+    #: The indexes of the matching policies in the file, in the order they apply.
+    order: tuple[int, ...] = ()
 
     def get(self, key: str, default: Any = None) -> Any:
         setting = self.settings.get(key)
@@ -103,6 +105,7 @@ class Matcher:
     """Compiled patterns of one policy file; resolves task names to ``ResolvedPolicy``."""
 
     def __init__(self, policies: Policies) -> None:
+        self.policies = policies
         model = policies.model
         self._labels = [model.label(i) for i in range(len(model.policies))]
         self._defaults: dict[str, Setting] = {}
@@ -144,7 +147,8 @@ class Matcher:
         for index in order:
             merged.update(self._settings[index])
         labels = self._labels
-        return ResolvedPolicy(name, tuple([labels[i] for i in order]), MappingProxyType(merged))
+        return ResolvedPolicy(name, tuple([labels[i] for i in order]), MappingProxyType(merged),
+                              tuple(order))
 
     def resolve_alone(self, index: int | None, name: str) -> ResolvedPolicy:
         """What a task matched by ``policies[index]`` alone gets (``None``: by no policy),

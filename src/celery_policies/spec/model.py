@@ -292,6 +292,12 @@ class PolicyFile(_Model):
                 seen[policy.name] = index
         return problems
 
+    @property
+    def dead_letter_queue(self) -> str:
+        """The queue a ``dead_letter: true`` route publishes to."""
+        section = self.dead_letter
+        return (section.queue if section is not None else None) or DEFAULT_DEAD_LETTER_QUEUE
+
     def label(self, index: int) -> str:
         """How explain and Sentry tags name ``policies[index]``: its name, else its index."""
         return self.policies[index].name or f"policies[{index}]"

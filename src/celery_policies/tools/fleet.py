@@ -24,9 +24,10 @@ from celery.app.control import flatten_reply
 from kombu.connection import Connection
 
 from ..appinfo import registered_tasks
+from ..policy import fingerprint
 from ..spec.loader import Policies
 from ..spec.matching import Matcher
-from .explain import fingerprint
+from .explain import explain
 
 #: The name of the inspect command every worker answers (``celery inspect policies``).
 COMMAND = "policies"
@@ -112,8 +113,8 @@ def file_reference(app: Celery, policies: Policies) -> Reference:
     the app's own tasks without Celery's ``celery.*`` ones, once the task modules are
     imported (as ``load_app`` does).
     """
-    return Reference(fingerprint(Matcher(policies), registered_tasks(app)), policies.file,
-                     policies.file)
+    return Reference(fingerprint(explain(Matcher(policies), registered_tasks(app))),
+                     policies.file, policies.file)
 
 
 def majority(answers: Sequence[Answer]) -> Reference:

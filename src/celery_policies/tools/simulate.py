@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import builtins
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from celery import Celery
 from celery.app.task import Task
 
-from ..appinfo import effective_settings, lookup
-from ..spec.backoff import ExceptionRef, RetrySettings, Step, simulate
-from ..spec.exception_refs import import_exception, mro_distance, resolve_refs
+from ..appinfo import effective_settings
+from ..policy import compile_policy
+from ..spec.backoff import Step, simulate
+from ..spec.exception_refs import (
+    builtin_exception,
+    import_exception,
+    names_only,
+    placeholder_exception,
+    resolve_refs,
+)
 from ..spec.matching import Matcher
-from ..spec.model import DEFAULT_DEAD_LETTER_QUEUE, FailureRoute
 
 #: How many attempts a timeline shows at most (``max_retries: unlimited`` never ends).
 DEFAULT_ATTEMPTS = 20
@@ -37,44 +41,9 @@ class Timeline:
     soft_time_limit: float | None
 
 
-def placeholder_exception(dotted: str) -> type[BaseException]:
-    """A stand-in for an exception class that cannot be imported here: a direct subclass of
-    ``Exception`` with the same module and name, so rules naming it still match."""
-    module, _, name = dotted.rpartition(".")
-    return type(name, (Exception,), {"__module__": module or "builtins", "__qualname__": name})
-
-
-def _builtin(name: str) -> type[BaseException] | None:
-    found = getattr(builtins, name, None) if "." not in name else None
-    return found if isinstance(found, type) and issubclass(found, BaseException) else None
-
-
-def names_only(names: Iterable[str]) -> tuple[ExceptionRef, ...]:
-    """``resolve_refs`` without importing anything: builtin names become their classes, and
-    dotted names stay text, matched by name (see ``mro_distance``)."""
-    return tuple(_builtin(name) or name for name in names)
-
-
-def routes_for(routes: tuple[FailureRoute, ...], exc_type: type[BaseException],
-               default_queue: str,
-               resolve: Callable[[Iterable[str]], tuple[ExceptionRef, ...]] = resolve_refs,
-               ) -> list[tuple[str, str]]:
-    """The failure routes taken for ``exc_type``, honouring each route's ``when`` filter."""
-    taken = []
-    for route in routes:
-        if route.when is not None and mro_distance(exc_type, resolve(route.when)) is None:
-            continue
-        if route.dead_letter is not None:
-            queue = default_queue if route.dead_letter is True else route.dead_letter
-            taken.append(("dead_letter", queue))
-        elif route.task is not None:
-            taken.append(("task", route.task))
-    return taken
-
-
 def simulate_task(matcher: Matcher, task_name: str, exception: str, *,
                   attempts: int = DEFAULT_ATTEMPTS, app: Celery | None = None,
-                  task: Task | None = None, dead_letter_queue: str | None = None,
+                  task: Task | None = None,
                   import_modules: bool = True) -> Timeline:
     """Simulate ``task_name`` raising ``exception`` (a dotted path or builtin name) every time.
 
@@ -84,7 +53,7 @@ def simulate_task(matcher: Matcher, task_name: str, exception: str, *,
     """
     resolve = resolve_refs if import_modules else names_only
     if not import_modules:
-        builtin = _builtin(exception)
+        builtin = builtin_exception(exception)
         exc_type, imported = builtin or placeholder_exception(exception), builtin is not None
     else:
         try:
@@ -92,12 +61,12 @@ def simulate_task(matcher: Matcher, task_name: str, exception: str, *,
         except ValueError:
             exc_type, imported = placeholder_exception(exception), False
     resolved = matcher.resolve(task_name)
-    settings = effective_settings(app, task, resolved)
-    get = lookup(settings)
-    steps = simulate(RetrySettings.from_values(get, resolve), exc_type, attempts)
+    policy = compile_policy(resolved, effective_settings(app, task, resolved),
+                            matcher.policies.model.dead_letter_queue, resolve)
+    steps = simulate(policy.rules, exc_type, attempts)
     last = steps[-1].outcome if steps else None
     gave_up = last if last in ("not_retryable", "max_retries", "deadline") else None
-    routes = routes_for(get("on_failure") or (), exc_type,
-                        dead_letter_queue or DEFAULT_DEAD_LETTER_QUEUE, resolve) if gave_up else []
-    return Timeline(task_name, exception, imported, resolved.matched, steps, gave_up, routes,
-                    get("retry_deadline"), get("time_limit"), get("soft_time_limit"))
+    routes = policy.routes_for(exc_type) if gave_up else []
+    return Timeline(task_name, exception, imported, policy.matched, steps, gave_up, routes,
+                    policy.value("retry_deadline"), policy.value("time_limit"),
+                    policy.value("soft_time_limit"))

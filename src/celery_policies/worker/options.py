@@ -59,7 +59,7 @@ def enable() -> None:
     if command is None:
         return  # not Celery's command line (the celery-policies command, a test)
     add_options(command.params)
-    from .runtime import connect_receivers  # noqa: PLC0415 - runtime imports this module
+    from .install import connect_receivers  # noqa: PLC0415 - runtime imports this module
 
     connect_receivers()
 

@@ -55,8 +55,9 @@ from ..deadletters.reading import from_entry, max_body_bytes
 from ..guard import TO_CELERY, guard
 from ..headers import FIRST_ATTEMPT_HEADER, GAVE_UP_ATTR, REDELIVERIES_HEADER
 from ..logs import REDO_FORMAT, REDO_LOGGER, UNTAKEN_FORMAT
-from ..redelivery import RedeliveriesExhausted, lost
+from ..redelivery import RedeliveriesExhausted
 from ..sentry.screening import publishing_routes
+from .redeliveries import lost
 
 log = logging.getLogger("celery_policies")
 
