@@ -49,6 +49,15 @@ TIMEOUT_REQUEUED = celery.VERSION >= (5, 5)
 #: Celery 5.7 stores FAILURE and sends ``task_failure`` for ``Reject(requeue=False)``
 #: (celery#4222); before, such a task stays PENDING/STARTED with no signal. Version only.
 REJECT_SENDS_FAILURE = celery.VERSION >= (5, 7)
+#: Celery 5.7 hands the main process the result of a task that ends just after a warm
+#: shutdown began. On 5.3-5.6 a task that ends about 0.2 s into the shutdown can have its
+#: result never read there (reproduced on 5.5.3; 5.7 changed how AsynPool keeps and reads
+#: jobs in flight at shutdown, celery#10151): its failure routes do not run, its message
+#: is not acknowledged by the main process, and the pool process waits 30 s for the result
+#: to be read (billiard's ``Worker._ensure_messages_consumed``) before the worker exits,
+#: while the main process logs an ``UnpicklingError`` reading what is left of the result.
+#: docs/compatibility.md says what users should do. Version only.
+READS_RESULTS_AT_WARM_SHUTDOWN = celery.VERSION >= (5, 7)
 #: Celery's own autoretry wrapper keeps the task's run here (celery/app/autoretry.py).
 CELERY_ORIGINAL_RUN = "_orig_run"
 #: ``Task.retry`` reads a ``max_retries`` argument through this attribute (app/task.py).
