@@ -40,6 +40,7 @@ from ..spec.backoff import GiveUpReason, RetrySettings
 from ..spec.exception_refs import resolve_refs
 from ..spec.loader import Policies, load_policies
 from ..spec.matching import Matcher
+from ..spec.settings import ATTRIBUTE_KEYS, RETRY_KEYS
 from ..spec.values import UNLIMITED
 from ..tools.explain import Explanation, dead_letter_queue, explain, fingerprint, jsonable
 from ..tools.fleet import versions
@@ -59,17 +60,6 @@ WORKER_REFUSES = "the worker does not start"
 #: What a pool process that cannot apply the policies does instead.
 CHILD_REFUSES = "this pool process runs no task and the worker stops"
 
-#: Keys applied as plain task attributes. The consumer reads acks_late, the time limits and
-#: rate_limit when it starts; retry() reads max_retries and default_retry_delay; the autoretry
-#: options mirror what the retry wrapper does, so that the task reads as it behaves.
-ATTRIBUTE_KEYS = ("acks_late", "acks_on_failure_or_timeout", "reject_on_worker_lost",
-                  "time_limit", "soft_time_limit", "rate_limit", "max_retries",
-                  "default_retry_delay", "autoretry_for", "dont_autoretry_for",
-                  "retry_backoff", "retry_backoff_max", "retry_jitter")
-#: Keys that make the plugin's retry wrapper take over a task's retries.
-RETRY_KEYS = frozenset({"autoretry_for", "dont_autoretry_for", "max_retries",
-                        "default_retry_delay", "retry_backoff", "retry_backoff_max",
-                        "retry_jitter", "retry_deadline", "retry_per_exception"})
 _REASONS: dict[GiveUpReason, str] = {
     "not_retryable": "not retryable", "max_retries": "max_retries reached",
     "deadline": "the next attempt would start after retry_deadline"}
