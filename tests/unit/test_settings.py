@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from pathlib import Path
 from typing import Any, get_args
 
@@ -14,6 +15,7 @@ from celery.app.task import Task
 from pydantic import ValidationError
 
 from celery_policies import appinfo
+from celery_policies.cli._render import human
 from celery_policies.spec import settings
 from celery_policies.spec.model import (
     FailureRoute,
@@ -41,7 +43,9 @@ from celery_policies.spec.values import (
     OptionalDuration,
     RateLimit,
 )
+from celery_policies.tools.schema import json_schema, render_markdown
 from celery_policies.worker import runtime
+from tests.conftest import load
 
 _VALUE_TYPES: dict[Any, Kind] = {
     Boolean: "bool", CountOrUnlimited: "count", Duration: "duration",
@@ -153,3 +157,72 @@ def test_the_table_imports_nothing_of_celery() -> None:
                for alias in node.names}
     modules |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not {m for m in modules if m.split(".")[0] in ("celery", "kombu")}
+
+
+def test_every_setting_is_in_the_schema_and_nullable_where_null_lifts_its_limit() -> None:
+    for section in ("Defaults", "Policy"):
+        properties = json_schema()["$defs"][section]["properties"]
+        assert set(SETTING_KEYS) <= set(properties)
+        for key, info in SETTINGS.items():
+            nullable = {"type": "null"} in properties[key].get("anyOf", [])
+            assert nullable == (info.no_limit == "null"), key
+
+
+def test_every_setting_is_in_the_reference_in_the_tables_order() -> None:
+    settings_section = render_markdown().split("## Settings")[1].split("\n## ")[0]
+    assert tuple(re.findall(r"^\| `(\w+)` \|", settings_section, re.MULTILINE)) == SETTING_KEYS
+
+
+EVERY_KEY = """
+version: 1
+dead_letter: {queue: failed}
+defaults:
+  acks_late: true
+  acks_on_failure_or_timeout: false
+  reject_on_worker_lost: true
+  max_redeliveries: 5
+  time_limit: 90
+  soft_time_limit: 1m
+  rate_limit: 10/s
+  autoretry_for: [ConnectionError, requests.exceptions.Timeout]
+  dont_autoretry_for: []
+  max_retries: unlimited
+  default_retry_delay: 45s
+  retry_backoff: true
+  retry_backoff_max: 10m
+  retry_jitter: equal
+  retry_deadline: 1h
+  retry_per_exception: {TimeoutError: {max_retries: 2, retry_backoff: 5s}}
+  on_failure: [{task: alerts.failed, when: [ValueError]}, {dead_letter: true}]
+  publish_retry_policy: {max_retries: 3, interval_start: 0}
+"""
+
+#: How explain shows each setting of EVERY_KEY.
+SHOWN = {
+    "acks_late": "true",
+    "acks_on_failure_or_timeout": "false",
+    "reject_on_worker_lost": "true",
+    "max_redeliveries": "5",
+    "time_limit": "1m30s",
+    "soft_time_limit": "1m",
+    "rate_limit": "10/s",
+    "autoretry_for": "ConnectionError, requests.exceptions.Timeout",
+    "dont_autoretry_for": "(none)",
+    "max_retries": "unlimited",
+    "default_retry_delay": "45s",
+    "retry_backoff": "1s",
+    "retry_backoff_max": "10m",
+    "retry_jitter": "equal",
+    "retry_deadline": "1h",
+    "retry_per_exception": "TimeoutError: max_retries=2, retry_backoff=5s",
+    "on_failure": "task alerts.failed when ValueError; dead letter to failed",
+    "publish_retry_policy": "max_retries=3, interval_start=0.0",
+}
+
+
+def test_every_setting_is_shown_as_a_person_reads_it() -> None:
+    values = load(EVERY_KEY).model.defaults
+    assert values is not None
+    assert tuple(SHOWN) == SETTING_KEYS
+    assert {key: human(key, getattr(values, key), dead_letter_queue="failed")
+            for key in SETTING_KEYS} == SHOWN

@@ -1,5 +1,5 @@
-"""What each setting is, in one table: the worker and ``explain`` read it instead of keeping
-lists of keys of their own.
+"""What each setting is, in one table: the worker, ``explain`` and its rendering, and the JSON
+Schema read it instead of keeping lists of keys of their own.
 
 A new setting is a field of ``PolicySettings`` (``model.py``), a row here, and the code that
 acts on it. ``tests/unit/test_settings.py`` checks the table against the model and Celery.
