@@ -16,29 +16,18 @@ from celery.app.task import Task
 from celery.app.utils import find_app
 
 from .spec.matching import ResolvedPolicy, Setting, Source
-from .spec.model import PolicySettings
+from .spec.settings import AUTORETRY_DEFAULTS, PLUGIN_DEFAULTS, SETTING_KEYS, SETTINGS
 from .spec.values import UNLIMITED
 
-#: Plugin keys Celery knows nothing of, with their value when the file does not set them.
-PLUGIN_DEFAULTS: dict[str, Any] = {
-    "max_redeliveries": None,  # 3 when reject_on_worker_lost is on: see effective_settings()
-    "retry_deadline": None,
-    "retry_per_exception": None,
-    "on_failure": None,
-    "publish_retry_policy": None,
-}
+# PLUGIN_DEFAULTS and SETTING_KEYS are defined in spec/settings.py; the worker reads them here.
+__all__ = ["DEFAULT_MAX_REDELIVERIES", "PLUGIN_DEFAULTS", "SETTING_KEYS", "code_setting",
+           "effective_settings", "load_app", "lookup", "registered_tasks"]
+
 #: The max_redeliveries that reject_on_worker_lost gets unless the file sets one.
 DEFAULT_MAX_REDELIVERIES = 3
 
 # Attributes Celery fills from app config at Task.bind() (Task.from_config, celery/app/task.py).
 _CONFIG_KEYS = dict(Task.from_config)
-# Retry options read by celery/app/autoretry.py with these defaults; they are not on Task.
-_AUTORETRY_DEFAULTS: dict[str, Any] = {
-    "autoretry_for": (), "dont_autoretry_for": (), "retry_backoff": False,
-    "retry_backoff_max": 600, "retry_jitter": True,
-}
-
-SETTING_KEYS: tuple[str, ...] = tuple(PolicySettings.model_fields)
 
 
 def load_app(name: str) -> Celery:
@@ -68,16 +57,16 @@ def _exception_name(value: Any) -> Any:
 
 def _as_file_value(key: str, value: Any) -> Any:
     """A task attribute written the way the file writes it."""
-    if key in ("autoretry_for", "dont_autoretry_for"):
+    info = SETTINGS[key]
+    if info.kind == "exceptions":
         return tuple(_exception_name(v) for v in value or ())
-    if key == "max_retries" and value is None:
+    if info.no_limit == UNLIMITED and value is None:
         return UNLIMITED  # Celery: max_retries=None retries forever (celery#1875)
-    if key == "retry_backoff" and value is True:
-        return 1.0
-    if key == "retry_jitter" and isinstance(value, bool):
+    if info.kind == "backoff" and value is True:
+        return 1.0  # celery/app/autoretry.py: retry_backoff=True is a 1 s base
+    if info.kind == "jitter" and isinstance(value, bool):
         return "full" if value else "none"
-    if key in ("time_limit", "soft_time_limit", "retry_backoff_max", "default_retry_delay") and (
-            isinstance(value, int) and not isinstance(value, bool)):
+    if info.kind == "duration" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
 
@@ -86,7 +75,7 @@ def code_setting(app: Celery, task: Task, key: str) -> Setting:
     """The value ``key`` has for ``task`` without any policy file, and where it comes from."""
     if key in PLUGIN_DEFAULTS:
         return Setting(PLUGIN_DEFAULTS[key], Source("plugin"))
-    value = getattr(task, key, _AUTORETRY_DEFAULTS.get(key))
+    value = getattr(task, key, AUTORETRY_DEFAULTS.get(key))
     if key in _CONFIG_KEYS:
         config_key = _CONFIG_KEYS[key]
         configured = app.conf.get(config_key)
@@ -96,7 +85,7 @@ def code_setting(app: Celery, task: Task, key: str) -> Setting:
                                                                              detail=config_key)
             return Setting(_as_file_value(key, value), source)
         return Setting(_as_file_value(key, value), Source("code"))
-    default = getattr(Task, key, _AUTORETRY_DEFAULTS.get(key))
+    default = getattr(Task, key, AUTORETRY_DEFAULTS.get(key))
     source = Source("celery") if value == default else Source("code")
     return Setting(_as_file_value(key, value), source)
 
@@ -132,7 +121,7 @@ def _default_setting(key: str) -> Setting:
         return Setting(PLUGIN_DEFAULTS[key], Source("plugin"))
     if key in _CONFIG_KEYS:
         return Setting(_as_file_value(key, DEFAULTS.get(_CONFIG_KEYS[key])), Source("celery"))
-    return Setting(_as_file_value(key, getattr(Task, key, _AUTORETRY_DEFAULTS.get(key))),
+    return Setting(_as_file_value(key, getattr(Task, key, AUTORETRY_DEFAULTS.get(key))),
                    Source("celery"))
 
 

@@ -26,6 +26,7 @@ from .spec.backoff import ExceptionRef, RetrySettings
 from .spec.exception_refs import mro_distance, resolve_refs
 from .spec.matching import Matcher, ResolvedPolicy, Setting
 from .spec.model import FailureRoute
+from .spec.settings import RETRY_KEYS
 from .spec.values import UNLIMITED
 
 #: A task's effective settings: ``key -> (setting, the code or config setting it overrides)``.
@@ -33,10 +34,6 @@ Settings = Mapping[str, tuple[Setting, Setting | None]]
 #: Turns exception names into classes (``resolve_refs``), or keeps them as names
 #: (``exception_refs.names_only``, for commands that must not import the app's modules).
 Resolve = Callable[[Iterable[str]], tuple[ExceptionRef, ...]]
-#: Keys that make the plugin's retry wrapper take over a task's retries.
-RETRY_KEYS = frozenset({"autoretry_for", "dont_autoretry_for", "max_retries",
-                        "default_retry_delay", "retry_backoff", "retry_backoff_max",
-                        "retry_jitter", "retry_deadline", "retry_per_exception"})
 
 
 @dataclass(frozen=True)

@@ -9,32 +9,32 @@ from rich.text import Text
 
 from ..policy import jsonable
 from ..spec.durations import format_duration
+from ..spec.settings import SETTINGS
 
 #: Characters shown escaped besides the control characters (C0, DEL, C1): the bidirectional
 #: overrides and isolates, which reorder what follows them on screen, and the Unicode line
 #: and paragraph separators.
 _HIDDEN = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
 
-_DURATION_KEYS = frozenset({"time_limit", "soft_time_limit", "retry_backoff_max",
-                            "default_retry_delay", "retry_deadline", "retry_backoff"})
-
 
 def human(key: str, value: Any, *, dead_letter_queue: str | None = None) -> str:
     """``value`` of setting ``key`` as a person reads it: 30s, not 30.0."""
     if value is None:
         return "-"
-    if key in _DURATION_KEYS and isinstance(value, int | float) and not isinstance(value, bool):
+    info = SETTINGS.get(key)
+    kind, unit = (info.kind, info.unit) if info is not None else (None, None)
+    if unit == "seconds" and isinstance(value, int | float) and not isinstance(value, bool):
         return format_duration(float(value))
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, tuple | list) and key in ("autoretry_for", "dont_autoretry_for"):
+    if isinstance(value, tuple | list) and kind == "exceptions":
         return ", ".join(value) if value else "(none)"
-    if key == "on_failure":
+    if kind == "routes":
         return "; ".join(_route(r, dead_letter_queue) for r in jsonable(value))
-    if key == "retry_per_exception":
+    if kind == "overrides":
         return "; ".join(f"{exc}: " + ", ".join(f"{k}={human(k, v)}" for k, v in rule.items())
                          for exc, rule in jsonable(value).items())
-    if key == "publish_retry_policy":
+    if kind == "mapping":
         return ", ".join(f"{k}={v}" for k, v in jsonable(value).items())
     return str(value)
 

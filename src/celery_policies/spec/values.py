@@ -7,7 +7,7 @@ Each type is ``Annotated[...]`` with a ``BeforeValidator`` that does the whole j
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BeforeValidator, WithJsonSchema
 
@@ -21,7 +21,7 @@ from .durations import (
 from .lintcodes import CODES_BY_NAME, RULES
 
 #: The spelling of "no limit" for ``max_retries`` and ``max_redeliveries``.
-UNLIMITED = "unlimited"
+UNLIMITED: Final = "unlimited"
 
 JitterMode = Literal["full", "equal", "none"]
 

@@ -24,6 +24,7 @@ from ..spec.model import (
     RetryOverride,
     SentryConfig,
 )
+from ..spec.settings import SETTINGS
 from ..spec.values import ACCEPTS
 
 _SECTIONS: list[tuple[str, type[BaseModel], tuple[str, ...] | None, str]] = [
@@ -86,8 +87,8 @@ def _default(field: FieldInfo) -> str:
 
 
 #: Keys whose ``null`` means something (no limit, no value); every other key refuses null.
-NULLABLE_KEYS = frozenset({"time_limit", "soft_time_limit", "rate_limit", "retry_deadline",
-                           "dsn", "environment", "release", "consumer_timeout"})
+NULLABLE_KEYS = frozenset({key for key, info in SETTINGS.items() if info.no_limit == "null"}
+                          | {"dsn", "environment", "release", "consumer_timeout"})
 
 
 def _strip_nulls(node: Any, key: str | None = None) -> Any:

@@ -14,17 +14,10 @@ from celery.app.task import Task
 from ..compat import forget_exec_options, set_acks_on_failure_or_timeout
 from ..policy import TaskPolicy, unlimited_as_none
 from ..spec.backoff import GiveUpReason, RetrySettings
+from ..spec.settings import ATTRIBUTE_KEYS
 from .redeliveries import capped_request_class
 from .retrying import wrap_run
 from .routes import FailureRouter, routed_request_class
-
-#: Keys applied as plain task attributes. The consumer reads acks_late, the time limits and
-#: rate_limit when it starts; retry() reads max_retries and default_retry_delay; the autoretry
-#: options mirror what the retry wrapper does, so that the task reads as it behaves.
-ATTRIBUTE_KEYS = ("acks_late", "acks_on_failure_or_timeout", "reject_on_worker_lost",
-                  "time_limit", "soft_time_limit", "rate_limit", "max_retries",
-                  "default_retry_delay", "autoretry_for", "dont_autoretry_for",
-                  "retry_backoff", "retry_backoff_max", "retry_jitter")
 
 #: Told of each give-up of the retry wrapper: (task, exception, why, retries made).
 GaveUp = Callable[[Task, BaseException, GiveUpReason, int], None]
