@@ -15,6 +15,7 @@ from celery.app.defaults import DEFAULTS
 from celery.app.task import Task
 from celery.app.utils import find_app
 
+from .spec.exception_refs import exception_name
 from .spec.matching import ResolvedPolicy, Setting, Source
 from .spec.model import PolicySettings
 from .spec.values import UNLIMITED
@@ -59,17 +60,10 @@ def registered_tasks(app: Celery, *, builtin: bool = False) -> dict[str, Task]:
             if builtin or not name.startswith("celery.")}
 
 
-def _exception_name(value: Any) -> Any:
-    if isinstance(value, type):
-        return value.__qualname__ if value.__module__ == "builtins" else (
-            f"{value.__module__}.{value.__qualname__}")
-    return value
-
-
 def _as_file_value(key: str, value: Any) -> Any:
     """A task attribute written the way the file writes it."""
     if key in ("autoretry_for", "dont_autoretry_for"):
-        return tuple(_exception_name(v) for v in value or ())
+        return tuple(exception_name(v) if isinstance(v, type) else v for v in value or ())
     if key == "max_retries" and value is None:
         return UNLIMITED  # Celery: max_retries=None retries forever (celery#1875)
     if key == "retry_backoff" and value is True:

@@ -54,12 +54,12 @@ from celery import Celery, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 
 from ..compat import running_task
-from ..deadletters.envelope import exception_name
 from ..deadletters.failure import failure_message, origin_queue
 from ..guard import guard
 from ..headers import GAVE_UP_ATTR, RETRY_HISTORY_HEADER
 from ..logs import EXHAUSTED_FORMAT, GIVE_UP_LOGGER, REDO_FORMAT, REDO_LOGGER, REDO_MARK
 from ..redelivery import RedeliveriesExhausted
+from ..spec.exception_refs import exception_name
 from .budget import EventBudget
 from .screening import in_publishing_routes
 
