@@ -14,6 +14,9 @@ from collections.abc import Iterable, Iterator
 from ..errors import DocPath
 from .model import PolicyFile, PolicySettings
 
+#: A builtin's name may also be written with this module prefix.
+_BUILTINS_PREFIX = "builtins."
+
 
 def exception_name(exc_type: type[BaseException]) -> str:
     """The name a policy file, a dead letter and Sentry use for an exception class:
@@ -23,10 +26,16 @@ def exception_name(exc_type: type[BaseException]) -> str:
     return f"{exc_type.__module__}.{exc_type.__qualname__}"
 
 
+def without_builtins_prefix(name: str) -> str:
+    """A name as a policy file writes it, with ``builtins.`` dropped: ``builtins.KeyError``
+    and ``KeyError`` are one class, which ``exception_name`` calls ``KeyError``."""
+    return name.removeprefix(_BUILTINS_PREFIX)
+
+
 def _spellings(exc_type: type[BaseException]) -> tuple[str, ...]:
     """The names a policy file may write for ``exc_type``: a builtin also as ``builtins.Name``."""
     name = exception_name(exc_type)
-    return (name, f"builtins.{name}") if exc_type.__module__ == "builtins" else (name,)
+    return (name, _BUILTINS_PREFIX + name) if exc_type.__module__ == "builtins" else (name,)
 
 
 def import_exception(dotted: str) -> type[BaseException]:
