@@ -15,6 +15,7 @@ from celery.app.defaults import DEFAULTS
 from celery.app.task import Task
 from celery.app.utils import find_app
 
+from .spec.exception_refs import exception_name
 from .spec.matching import ResolvedPolicy, Setting, Source
 from .spec.settings import AUTORETRY_DEFAULTS, PLUGIN_DEFAULTS, SETTING_KEYS, SETTINGS
 from .spec.values import UNLIMITED
@@ -48,18 +49,11 @@ def registered_tasks(app: Celery, *, builtin: bool = False) -> dict[str, Task]:
             if builtin or not name.startswith("celery.")}
 
 
-def _exception_name(value: Any) -> Any:
-    if isinstance(value, type):
-        return value.__qualname__ if value.__module__ == "builtins" else (
-            f"{value.__module__}.{value.__qualname__}")
-    return value
-
-
 def _as_file_value(key: str, value: Any) -> Any:
     """A task attribute written the way the file writes it."""
     info = SETTINGS[key]
     if info.kind == "exceptions":
-        return tuple(_exception_name(v) for v in value or ())
+        return tuple(exception_name(v) if isinstance(v, type) else v for v in value or ())
     if info.no_limit == UNLIMITED and value is None:
         return UNLIMITED  # Celery: max_retries=None retries forever (celery#1875)
     if info.kind == "backoff" and value is True:

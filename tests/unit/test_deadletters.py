@@ -32,7 +32,6 @@ from celery_policies.deadletters.envelope import (
     Envelope,
     clip_traceback,
     dead_letter,
-    exception_name,
     matches_exception,
 )
 from celery_policies.deadletters.reading import Unreadable, decompressed, from_payload
@@ -225,14 +224,6 @@ def test_clip_traceback_leaves_a_traceback_at_the_limit_alone() -> None:
 def test_clip_traceback_leaves_a_short_traceback_and_none_alone() -> None:
     assert clip_traceback("Traceback: boom") == "Traceback: boom"
     assert clip_traceback(None) is None
-
-
-# exception_name
-
-
-def test_exception_name_is_bare_for_builtins_and_dotted_otherwise() -> None:
-    assert exception_name(ConnectionError) == "ConnectionError"
-    assert exception_name(WorkerLostError) == "billiard.exceptions.WorkerLostError"
 
 
 # Envelope.jsonable

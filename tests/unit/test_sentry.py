@@ -174,6 +174,22 @@ def test_screening_twice_wraps_once() -> None:
     assert _screen(screen, include_args=False) is screen
 
 
+def test_screening_transactions_breadcrumbs_and_logs_twice_wraps_each_once() -> None:
+    transaction = _screen_transaction(None, include_args=False)
+    assert _screen_transaction(transaction, include_args=False) is transaction
+    crumb = _screen_breadcrumb(None)
+    assert _screen_breadcrumb(crumb) is crumb
+    log = _screen_log(None)
+    assert _screen_log(log) is log
+
+
+def test_only_before_send_drops_duplicates_a_transaction_carrying_one_goes_on() -> None:
+    event = error_event()
+    event["exception"]["values"][0]["mechanism"]["type"] = "celery"
+    assert _screen(None, include_args=True)(dict(event), {}) is None
+    assert _screen_transaction(None, include_args=True)(dict(event), {}) == event
+
+
 REDO_PARAMS = ["dead-letter proj.task[1] to dlq", "ConnectionError()",
                '{"message": {"args": ["s3cret"]}}']
 REDO_LINE = REDO_FORMAT % tuple(REDO_PARAMS)

@@ -84,13 +84,20 @@ def _worker_holds_countdowns(app: Celery) -> bool:
     return not uses_quorum_queues(app)
 
 
+def _broker_of(context: Context, kind: str) -> Broker | None:
+    """The app's broker if it is of ``kind`` (``redis``, ``amqp``), for a rule that needs the
+    app and applies to that broker alone; None where it does not apply."""
+    assert context.app is not None
+    broker = read_broker(context.app)
+    return broker if broker.kind == kind else None
+
+
 @rule("CP101", needs="app")
 def redis_visibility_timeout(context: Context) -> Iterator[Hit]:
     # kombu#337, celery#4400: Redis has no acknowledgement deadline of its own; a message
     # unacknowledged for visibility_timeout goes back to the queue while it still runs.
-    assert context.app is not None
-    broker = read_broker(context.app)
-    if broker.kind != "redis":
+    broker = _broker_of(context, "redis")
+    if broker is None:
         return
     limit = broker.visibility_timeout
     timeout = f"the Redis visibility_timeout ({format_duration(limit)})"
@@ -119,7 +126,7 @@ def rabbitmq_consumer_timeout(context: Context) -> Iterator[Hit]:
     # celery#6760: RabbitMQ closes the channel of a consumer that holds a delivery
     # unacknowledged past consumer_timeout; every message on it is redelivered.
     assert context.app is not None
-    if read_broker(context.app).kind != "amqp":
+    if _broker_of(context, "amqp") is None:
         return
     limit, said = consumer_timeout(context.policies)
     if limit is None:
@@ -187,16 +194,14 @@ def dead_letter_queue_consumed(context: Context) -> Iterator[Hit]:
                           "worker consumes (keep it out of task_queues and -Q)")
 
 
-
 @rule("CP118", needs="app")
 def redis_sweep_slower_than_timeout(context: Context) -> Iterator[Hit]:
     # kombu/transport/redis.py: QoS.restore_visible puts back only the messages it finds
     # past visibility_timeout, and the worker calls it every unacked_restore_interval x
     # unacked_restore_throttle seconds (kombu 5.7; call_repeatedly(10) scanning every 10th
     # call before). A dead worker's messages come back at the first sweep after the timeout.
-    assert context.app is not None
-    broker = read_broker(context.app)
-    if broker.kind != "redis":
+    broker = _broker_of(context, "redis")
+    if broker is None:
         return
     limit = broker.visibility_timeout
     sweep = redis_sweep_period(broker.transport_options)

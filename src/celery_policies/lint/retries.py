@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ..spec.backoff import RetryRule, attributes, longest_countdown, retry_rule, schedule
 from ..spec.durations import format_duration
+from ..spec.exception_refs import without_builtins_prefix
 from ..spec.model import RetryOverride
 from ._core import Blame, Context, Hit, Subject, rule
 
@@ -90,11 +91,11 @@ def _span(low: float, high: float) -> str:
 def broad_autoretry(context: Context) -> Iterator[Hit]:
     for subject in context.subjects:
         for index, name in enumerate(subject.value("autoretry_for") or ()):
-            if name.removeprefix("builtins.") in PROGRAMMING_ERRORS:
+            if without_builtins_prefix(name) in PROGRAMMING_ERRORS:
                 yield Hit(context.blame_at(subject, "autoretry_for", index),
                           f"autoretry_for lists {name}", _broad_advice(name), subject.name)
         for name in subject.value("retry_per_exception") or {}:
-            if name.removeprefix("builtins.") in PROGRAMMING_ERRORS:
+            if without_builtins_prefix(name) in PROGRAMMING_ERRORS:
                 yield Hit(context.blame_at(subject, "retry_per_exception", name),
                           f"retry_per_exception retries {name}", _broad_advice(name),
                           subject.name)

@@ -48,18 +48,19 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Protocol
+from functools import wraps
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol
 
 from celery import Celery, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 
 from ..compat import running_task
-from ..deadletters.envelope import exception_name
 from ..deadletters.failure import failure_message, origin_queue
 from ..guard import guard
 from ..headers import GAVE_UP_ATTR, RETRY_HISTORY_HEADER
 from ..logs import EXHAUSTED_FORMAT, GIVE_UP_LOGGER, REDO_FORMAT, REDO_LOGGER, REDO_MARK
 from ..redelivery import RedeliveriesExhausted
+from ..spec.exception_refs import exception_name
 from .budget import EventBudget
 from .screening import in_publishing_routes
 
@@ -510,24 +511,52 @@ def _queues_collected(options: dict[str, Any]) -> bool:
     return bool(data_collection.get("queues", True))
 
 
-def _marked(hook: Callable[..., Any]) -> Callable[..., Any]:
-    hook._celery_policies = True  # type: ignore[attr-defined]
-    return hook
+#: A sentry_sdk hook as the client calls it: (event, breadcrumb or log record; hint).
+_Hook = Callable[[dict[str, Any], dict[str, Any]], Any]
+_P = ParamSpec("_P")
+#: The attribute that marks a hook as one of the plugin's screens.
+_SCREEN_MARK = "_celery_policies"
 
 
-def _screen(before_send: Callable[..., Any] | None,
-            include_args: bool) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
+def _once(make: Callable[Concatenate[Callable[..., Any] | None, _P], _Hook],
+          ) -> Callable[Concatenate[Callable[..., Any] | None, _P], _Hook]:
+    """``make(before, ...)``, which wraps the application's hook ``before`` in a screen, made
+    idempotent: each screen it makes is marked, and a marked ``before`` comes back as it is,
+    so that screening the same options twice wraps each hook once."""
+
+    @wraps(make)
+    def make_once(before: Callable[..., Any] | None, /,
+                  *args: _P.args, **kwargs: _P.kwargs) -> _Hook:
+        if getattr(before, _SCREEN_MARK, False):
+            return before  # type: ignore[return-value]
+        screen = make(before, *args, **kwargs)
+        setattr(screen, _SCREEN_MARK, True)
+        return screen
+
+    return make_once
+
+
+def _screen(before_send: Callable[..., Any] | None, include_args: bool) -> _Hook:
     """A ``before_send`` that drops duplicates and, unless ``include_args``, argument values,
     after the application's own ``before_send`` (which may add data of its own)."""
-    if getattr(before_send, "_celery_policies", False):
-        return before_send  # type: ignore[return-value]
+    return _screen_events(before_send, include_args, drop_duplicates=True)
 
+
+def _screen_transaction(before: Callable[..., Any] | None, include_args: bool) -> _Hook:
+    """A ``before_send_transaction``: CeleryIntegration puts its ``celery-job`` extra, with the
+    task's arguments under ``send_default_pii``, on each task's transaction too."""
+    return _screen_events(before, include_args, drop_duplicates=False)
+
+
+@_once
+def _screen_events(before: Callable[..., Any] | None, include_args: bool,
+                   drop_duplicates: bool) -> _Hook:
     def screen(event: dict[str, Any], hint: dict[str, Any]) -> Any:
-        if _is_duplicate(event):
+        if drop_duplicates and _is_duplicate(event):
             return None
         _strip_redo_breadcrumbs(event)
-        if before_send is not None:
-            event = before_send(event, hint)
+        if before is not None:
+            event = before(event, hint)
             if event is None:
                 return None
         if not include_args:
@@ -535,7 +564,7 @@ def _screen(before_send: Callable[..., Any] | None,
             _scrub_running(event)
         return event
 
-    return _marked(screen)
+    return screen
 
 
 def _searched_values(arguments: Any) -> tuple[str, ...]:
@@ -589,51 +618,26 @@ def _scrub_running(item: Any) -> Any:
 _searched: ContextVar[tuple[str, ...]] = ContextVar("celery_policies_searched", default=())
 
 
-def _screen_transaction(before: Callable[..., Any] | None,
-                        include_args: bool) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
-    """A ``before_send_transaction``: CeleryIntegration puts its ``celery-job`` extra, with the
-    task's arguments under ``send_default_pii``, on each task's transaction too."""
-    if getattr(before, "_celery_policies", False):
-        return before  # type: ignore[return-value]
-
-    def screen(event: dict[str, Any], hint: dict[str, Any]) -> Any:
-        _strip_redo_breadcrumbs(event)
-        if before is not None:
-            event = before(event, hint)
-            if event is None:
-                return None
-        if not include_args:
-            _strip_arguments(event)
-            _scrub_running(event)
-        return event
-
-    return _marked(screen)
-
-
-def _screen_breadcrumb(before: Callable[..., Any] | None,
-                       ) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
+@_once
+def _screen_breadcrumb(before: Callable[..., Any] | None) -> _Hook:
     """A ``before_breadcrumb`` that drops the lines of ``IGNORED_LOGGERS`` (the message of a
     route not taken, Celery's lines with arguments), before the application's hook sees them.
     sentry_sdk's logging integration already ignores those loggers; this also covers a
     breadcrumb recorded some other way, or a logger the application un-ignored. It also drops
     every breadcrumb recorded while failure routes publish (``screening.py``)."""
-    if getattr(before, "_celery_policies", False):
-        return before  # type: ignore[return-value]
 
     def screen(crumb: dict[str, Any], hint: dict[str, Any]) -> Any:
         if _is_screened_crumb(crumb) or in_publishing_routes():
             return None
         return _scrub_running(crumb if before is None else before(crumb, hint))
 
-    return _marked(screen)
+    return screen
 
 
-def _screen_log(before: Callable[..., Any] | None,
-                ) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
+@_once
+def _screen_log(before: Callable[..., Any] | None) -> _Hook:
     """A ``before_send_log`` (Sentry Logs) that drops the records of ``IGNORED_LOGGERS``
     and any record of the "to redo it by hand" line, before the application's hook."""
-    if getattr(before, "_celery_policies", False):
-        return before  # type: ignore[return-value]
 
     def screen(record: dict[str, Any], hint: dict[str, Any]) -> Any:
         attributes = record.get("attributes") or {}
@@ -642,7 +646,7 @@ def _screen_log(before: Callable[..., Any] | None,
             return None
         return _scrub_running(record if before is None else before(record, hint))
 
-    return _marked(screen)
+    return screen
 
 
 def _attribute(attributes: dict[str, Any], name: str) -> Any:

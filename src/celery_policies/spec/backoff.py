@@ -149,16 +149,34 @@ class RetrySettings:
                rng: random.Random | None = None) -> Retry | GiveUp:
         """Whether a task that raised ``exc_type`` after ``retries`` retries and ``elapsed``
         seconds since its first attempt started retries, and after how long."""
-        rule = self.rule_for(exc_type)
-        if rule is None:
-            return GiveUp("not_retryable")
-        if rule.max_retries is not None and retries >= rule.max_retries:
-            return GiveUp("max_retries")
-        low, high = rule.bounds(retries)
-        countdown = (rng or random).uniform(low, high)
-        if self.deadline is not None and elapsed + countdown > self.deadline:
-            return GiveUp("deadline")
-        return Retry(countdown)
+        draw = (rng or random).uniform
+        after = after_failure(self.rule_for(exc_type), retries, elapsed, self.deadline, draw)
+        return after if isinstance(after, GiveUp) else Retry(after[0])
+
+
+def after_failure(rule: RetryRule | None, retries: int, elapsed: float, deadline: float | None,
+                  draw: Callable[[float, float], float] | None = None,
+                  ) -> GiveUp | tuple[float, float]:
+    """What follows a failed attempt, in the one order the worker and ``simulate`` share: give
+    up when the failure does not retry (``rule`` None), then when ``retries`` has reached
+    ``max_retries``, then when the next attempt would start after ``deadline``; else retry,
+    after a delay returned as its (shortest, longest) range in seconds.
+
+    ``elapsed`` is seconds from the first attempt's start to this failure. With ``draw`` the
+    delay is one value drawn from the rule's bounds (the worker: shortest and longest are that
+    value); without, it is the whole range (``simulate``: it gives up on the deadline only when
+    even the shortest delay passes it).
+    """
+    if rule is None:
+        return GiveUp("not_retryable")
+    if rule.max_retries is not None and retries >= rule.max_retries:
+        return GiveUp("max_retries")
+    shortest, longest = rule.bounds(retries)
+    if draw is not None:
+        shortest = longest = draw(shortest, longest)
+    if deadline is not None and elapsed + shortest > deadline:
+        return GiveUp("deadline")
+    return shortest, longest
 
 
 @dataclass(frozen=True)
@@ -186,27 +204,19 @@ def simulate(settings: RetrySettings, exc_type: type[BaseException],
     low_start = high_start = 0.0
     for retries in range(attempts):
         start = (low_start, high_start)
-        if rule is None:
-            steps.append(Step(retries + 1, start, "not_retryable", None))
+        after = after_failure(rule, retries, low_start, settings.deadline)
+        if isinstance(after, GiveUp):
+            steps.append(Step(retries + 1, start, after.reason, None))
             break
-        if rule.max_retries is not None and retries >= rule.max_retries:
-            steps.append(Step(retries + 1, start, "max_retries", None))
-            break
-        low, high = rule.bounds(retries)
-        outcome = "retry"
-        if settings.deadline is not None:
-            if low_start + low > settings.deadline:
-                steps.append(Step(retries + 1, start, "deadline", None))
-                break
-            if high_start + high > settings.deadline:
-                outcome = "maybe"
-        steps.append(Step(retries + 1, start, outcome, (low, high)))
+        low, high = after
+        # the shortest delay keeps within the deadline, the longest may not: the draw decides
+        maybe = settings.deadline is not None and high_start + high > settings.deadline
+        steps.append(Step(retries + 1, start, "maybe" if maybe else "retry", (low, high)))
         low_start += low
         high_start += high
         if settings.deadline is not None:
             high_start = min(high_start, settings.deadline)
     return steps
-
 
 
 def schedule(rule: RetryRule, deadline: float | None, attempts: int) -> list[Step]:

@@ -1,4 +1,5 @@
-"""Exception classes named in a policy file: finding every reference, importing, matching.
+"""Exception classes named in a policy file: finding every reference, importing, matching,
+and the one name each class goes by.
 
 Import happens only when asked (``check --app``/``--import`` and at worker start), so a file
 can be validated where the application's code is not installed.
@@ -12,6 +13,29 @@ from collections.abc import Iterable, Iterator
 
 from ..errors import DocPath
 from .model import PolicyFile, PolicySettings
+
+#: A builtin's name may also be written with this module prefix.
+_BUILTINS_PREFIX = "builtins."
+
+
+def exception_name(exc_type: type[BaseException]) -> str:
+    """The name a policy file, a dead letter and Sentry use for an exception class:
+    ``module.Qualname``, or the bare qualname for builtins (``ConnectionError``)."""
+    if exc_type.__module__ == "builtins":
+        return exc_type.__qualname__
+    return f"{exc_type.__module__}.{exc_type.__qualname__}"
+
+
+def without_builtins_prefix(name: str) -> str:
+    """A name as a policy file writes it, with ``builtins.`` dropped: ``builtins.KeyError``
+    and ``KeyError`` are one class, which ``exception_name`` calls ``KeyError``."""
+    return name.removeprefix(_BUILTINS_PREFIX)
+
+
+def _spellings(exc_type: type[BaseException]) -> tuple[str, ...]:
+    """The names a policy file may write for ``exc_type``: a builtin also as ``builtins.Name``."""
+    name = exception_name(exc_type)
+    return (name, _BUILTINS_PREFIX + name) if exc_type.__module__ == "builtins" else (name,)
 
 
 def import_exception(dotted: str) -> type[BaseException]:
@@ -63,15 +87,13 @@ def mro_distance(exc_type: type[BaseException],
     """How far up ``exc_type``'s MRO the nearest of ``refs`` is (0: the class itself).
 
     A ref is a class, or a name that could not be imported, compared with each class's
-    ``module.qualname`` (and bare name for builtins). ``None`` when no ref is in the MRO.
+    ``exception_name`` (a builtin's also with ``builtins.Name``). ``None`` when no ref is in
+    the MRO.
     """
     classes = {r for r in refs if isinstance(r, type)}
     names = {r for r in refs if isinstance(r, str)}
     for distance, klass in enumerate(exc_type.__mro__):
-        if klass in classes or (names and (
-            f"{klass.__module__}.{klass.__qualname__}" in names
-            or (klass.__module__ == "builtins" and klass.__qualname__ in names)
-        )):
+        if klass in classes or (names and not names.isdisjoint(_spellings(klass))):
             return distance
     return None
 

@@ -47,7 +47,6 @@ from ..deadletters.envelope import (
     clip_traceback,
     dead_letter,
     epoch_iso,
-    exception_name,
     now_iso,
 )
 from ..deadletters.failure import failure_message, origin_queue
@@ -57,6 +56,7 @@ from ..headers import FIRST_ATTEMPT_HEADER, GAVE_UP_ATTR, REDELIVERIES_HEADER
 from ..logs import REDO_FORMAT, REDO_LOGGER, UNTAKEN_FORMAT
 from ..redelivery import RedeliveriesExhausted
 from ..sentry.screening import publishing_routes
+from ..spec.exception_refs import exception_name
 from .redeliveries import lost
 
 log = logging.getLogger("celery_policies")
