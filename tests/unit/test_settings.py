@@ -14,7 +14,7 @@ from celery.app import autoretry
 from celery.app.task import Task
 from pydantic import ValidationError
 
-from celery_policies import appinfo
+from celery_policies import appinfo, policy
 from celery_policies.cli._render import human
 from celery_policies.spec import settings
 from celery_policies.spec.model import (
@@ -44,7 +44,7 @@ from celery_policies.spec.values import (
     RateLimit,
 )
 from celery_policies.tools.schema import json_schema, render_markdown
-from celery_policies.worker import runtime
+from celery_policies.worker import patching
 from tests.conftest import load
 
 _VALUE_TYPES: dict[Any, Kind] = {
@@ -120,8 +120,8 @@ def test_plugin_defaults_are_the_keys_celery_does_not_know() -> None:
 
 def test_the_worker_and_appinfo_read_the_table_itself() -> None:
     """Their names are the table's own objects, not copies that could drift."""
-    assert vars(runtime)["ATTRIBUTE_KEYS"] is ATTRIBUTE_KEYS
-    assert vars(runtime)["RETRY_KEYS"] is RETRY_KEYS
+    assert vars(patching)["ATTRIBUTE_KEYS"] is ATTRIBUTE_KEYS
+    assert vars(policy)["RETRY_KEYS"] is RETRY_KEYS
     assert appinfo.PLUGIN_DEFAULTS is PLUGIN_DEFAULTS
     assert appinfo.SETTING_KEYS is SETTING_KEYS
 
