@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"appinfo", "policy"},
     {"deadletters"},
     {"sentry"},
+    {"metrics"},
     {"tools"},
     {"lint"},
     {"worker"},
