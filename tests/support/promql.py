@@ -75,6 +75,7 @@ def promtool() -> str:
 
 
 def run_promtool(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``promtool ARGS``, its output (stdout and stderr together) captured."""
+    """``promtool ARGS``, its output (stdout and stderr together) captured. The alerts'
+    unit tests evaluate a day of samples minute by minute: seconds, more on a busy machine."""
     return subprocess.run([promtool(), *map(str, args)], cwd=cwd, check=False, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=180)
