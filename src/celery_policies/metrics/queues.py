@@ -10,6 +10,7 @@ dead-letter stores (``deadletters/stores.py``) without taking any letter out.
   (RabbitMQ 4: 20 by default), so the age is read only when asked (``rabbitmq_age``), and a
   queue whose letter shows a delivery count (``x-delivery-count``: a quorum queue) is not
   fetched from again.
+- kombu's filesystem transport (the demo's broker): every letter's file is read, in place.
 
 The figures are only counts and a time: nothing a letter holds (its task, arguments,
 exception) leaves this module. An entry that cannot be read never raises (``reading.py``).
@@ -28,7 +29,7 @@ from kombu.connection import Connection
 from ..connections import broker_errors, drop
 from ..deadletters.envelope import DeadLetter, queue_size
 from ..deadletters.reading import from_amqp, from_payload, max_body_bytes
-from ..deadletters.stores import RedisStore
+from ..deadletters.stores import FileStore, RedisStore
 from ..errors import PolicyError
 from ..spec.model import DEFAULT_DEAD_LETTER_QUEUE, PolicyFile
 
@@ -92,6 +93,16 @@ def _redis(connection: Connection, queue: str, max_body: int) -> Depth:
     return Depth(total, oldest)
 
 
+def _files(connection: Connection, queue: str, max_body: int) -> Depth:
+    # kombu's filesystem transport (the demo's broker) keeps no count: every file is read.
+    total, oldest = 0, None
+    for letter in FileStore(connection, queue, max_body).letters():
+        total += 1
+        if oldest is None and total <= OLDEST_PROBE:
+            oldest = _failed_at(letter)
+    return Depth(total, oldest)
+
+
 class QueueReader:
     """Reads every queue in one connection, made by ``connect`` for each read.
 
@@ -146,8 +157,10 @@ class QueueReader:
             return _redis(connection, queue, self.max_body)
         if driver == "amqp":
             return self._amqp(connection, queue)
-        raise PolicyError(f"the exporter reads dead-letter queues on Redis and RabbitMQ, not "
-                          f"on {driver!r}")
+        if driver == "filesystem":
+            return _files(connection, queue, self.max_body)
+        raise PolicyError(f"the exporter reads dead-letter queues on Redis, RabbitMQ and the "
+                          f"filesystem transport, not on {driver!r}")
 
     def _amqp(self, connection: Connection, queue: str) -> Depth:
         try:
