@@ -7,9 +7,9 @@ dead-letter stores (``deadletters/stores.py``) without taking any letter out.
   never declares the queue again with other arguments (quorum, ``x-max-length``). AMQP has no
   peek: the oldest letter can only be fetched (``basic_get``) and handed back, and RabbitMQ
   counts that as a delivery. A quorum queue drops a letter after ``x-delivery-limit`` of them
-  (RabbitMQ 4: 20 by default), so the age is read only when asked (``rabbitmq_age``), and a
-  queue whose letter shows a delivery count (``x-delivery-count``: a quorum queue) is not
-  fetched from again.
+  (RabbitMQ 4: 20 by default), so the age is read only when asked (``rabbitmq_age``), and
+  only on queues that do not count deliveries: a letter that carries ``x-delivery-count`` (a
+  quorum queue) is the last one fetched from its queue, and that queue shows no age.
 - kombu's filesystem transport (the demo's broker): every letter's file is read, in place.
 
 The figures are only counts and a time: nothing a letter holds (its task, arguments,
@@ -182,7 +182,8 @@ class QueueReader:
         if isinstance(headers, dict) and DELIVERY_COUNT_HEADER in headers:
             self.counting.add(queue)
             log.warning("dead-letter queue %r counts deliveries (a quorum queue): its age is "
-                        "not read again, so that no letter reaches its delivery limit", queue)
+                        "not read, so that no letter reaches its delivery limit", queue)
+            return Depth(count)
         return Depth(count, _failed_at(from_amqp(message, 1, self.max_body)))
 
 
