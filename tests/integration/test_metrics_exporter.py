@@ -70,6 +70,12 @@ class Exporter:
             time.sleep(0.1)
         raise AssertionError(f"exporter not serving after {START}s:\n{self.log.read_text()}")
 
+    def scrape_dated(self) -> tuple[dict[str, dict[str, float]], Span]:
+        """A scrape, and when it was made."""
+        before = time.time()
+        found = self.scrape()
+        return found, (before, time.time())
+
     def scrape(self) -> dict[str, dict[str, float]]:
         """``{sample name: {queue: value}}``."""
         with urllib.request.urlopen(self.url, timeout=60) as response:
@@ -119,13 +125,27 @@ def policy_file(tmp_path: Path, queue: str) -> str:
     return str(path)
 
 
-def put(broker: str, queue: str, count: int) -> tuple[list[str], float, float]:
-    """``count`` dead letters published by the plugin's publisher: their ids, and the times
-    just before and just after."""
+#: (a time just before, a time just after)
+Span = tuple[float, float]
+
+
+def put(broker: str, queue: str, count: int) -> tuple[list[str], Span]:
+    """``count`` dead letters published by the plugin's publisher: their ids, and when."""
     before = time.time()
     with Connection(broker) as connection:
         ids = fabricate(connection, queue, count, origin="work")
-    return ids, before, time.time()
+    return ids, (before, time.time())
+
+
+def assert_read(found: dict[str, dict[str, float]], queue: str, letters: int) -> None:
+    """The scrape shows ``letters`` in ``queue``, read without an error."""
+    assert found[DEPTH] == {queue: letters}
+    assert found[ERRORS] == {queue: 0}
+
+
+def assert_age(age: float, published: Span, scraped: Span) -> None:
+    """``age`` is that of a letter published during ``published``, seen during ``scraped``."""
+    assert scraped[0] - published[1] <= age <= scraped[1] - published[0] + MS
 
 
 def redelivered(broker: str, queue: str) -> bool:
@@ -142,15 +162,12 @@ def redelivered(broker: str, queue: str) -> bool:
 def test_depth_and_age_are_served_and_no_letter_is_taken_or_delivered(
         broker: str, dead_letter_queue: str, exporters: Callable[..., Exporter],
         tmp_path: Path) -> None:
-    ids, first, last = put(broker, dead_letter_queue, 5)
+    ids, published = put(broker, dead_letter_queue, 5)
     exporter = exporters(broker, "--file", policy_file(tmp_path, dead_letter_queue))
-    before = time.time()
-    found = exporter.scrape()
-    after = time.time()
-    assert found[DEPTH] == {dead_letter_queue: 5}
-    assert found[ERRORS] == {dead_letter_queue: 0}
+    found, scraped = exporter.scrape_dated()
+    assert_read(found, dead_letter_queue, 5)
     if broker.startswith("redis"):
-        assert before - last <= found[AGE][dead_letter_queue] <= after - first + MS
+        assert_age(found[AGE][dead_letter_queue], published, scraped)
     else:
         assert found[AGE] == {}  # fetching the oldest letter is a delivery: not by default
         assert not redelivered(broker, dead_letter_queue)  # a passive declare delivers none
@@ -181,16 +198,13 @@ def test_unreadable_entries_among_valid_ones_are_counted_and_break_nothing(
         producer.publish(b"\xff not a task", exchange="", routing_key=dead_letter_queue,
                          serializer=None, content_type="application/data",
                          content_encoding="binary")
-    _, first, last = put(broker, dead_letter_queue, 2)
+    _, published = put(broker, dead_letter_queue, 2)
     exporter = exporters(broker, "--queue", dead_letter_queue, "--rabbitmq-age")
-    before = time.time()
-    found = exporter.scrape()
-    after = time.time()
-    assert found[DEPTH] == {dead_letter_queue: 4}
-    assert found[ERRORS] == {dead_letter_queue: 0}
+    found, scraped = exporter.scrape_dated()
+    assert_read(found, dead_letter_queue, 4)
     if broker.startswith("redis"):
         # dated by the oldest letter that records a failure time, behind the two entries
-        assert before - last <= found[AGE][dead_letter_queue] <= after - first + MS
+        assert_age(found[AGE][dead_letter_queue], published, scraped)
     else:
         assert found[AGE] == {}  # only the head is fetched, and it has no failure time
     letters = read(broker, dead_letter_queue)  # every entry is still there, in its place
@@ -270,13 +284,11 @@ def test_rabbitmq_age_dates_the_oldest_letter_and_hands_it_back_in_place(
         rabbitmq: Celery, exporters: Callable[..., Exporter]) -> None:
     queue = f"dlq.{uuid.uuid4().hex[:12]}"
     try:
-        ids, first, last = put(AMQP_URL, queue, 3)
+        ids, published = put(AMQP_URL, queue, 3)
         exporter = exporters(AMQP_URL, "--queue", queue, "--rabbitmq-age")
-        before = time.time()
-        found = exporter.scrape()
-        after = time.time()
+        found, scraped = exporter.scrape_dated()
         assert found[DEPTH] == {queue: 3}
-        assert before - last <= found[AGE][queue] <= after - first + MS
+        assert_age(found[AGE][queue], published, scraped)
         assert [letter.id for letter in read(AMQP_URL, queue)] == ids
     finally:
         delete_queue(rabbitmq, queue)
