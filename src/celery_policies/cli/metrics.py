@@ -44,7 +44,7 @@ def _interval(ctx: click.Context, param: click.Parameter, value: str) -> float:
                    "./policies.yaml).")
 @click.option("--queue", "queues", metavar="QUEUE", multiple=True,
               help="Read this dead-letter queue too (repeatable).")
-@click.option("--address", default=DEFAULT_ADDRESS, show_default=True,
+@click.option("--address", default=DEFAULT_ADDRESS, show_default=True, metavar="ADDRESS",
               help="The address to serve on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT,
               show_default=True, help="The port to serve on; 0 picks a free one.")
