@@ -84,14 +84,14 @@ def serve_(ctx: click.Context, app_name: str | None, path: str | None,
         reader = QueueReader(connection, dead_letter_queues(model, queues),
                              rabbitmq_age=rabbitmq_age)
         cache = DeadLetterCache(reader.read, reader.queues, interval, timeout)
-        server, thread = serve(cache, address, port)
+        server = serve(cache, address, port)
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from exc
     host = f"[{address}]" if ":" in address else address
     click.echo(SERVING_LINE.format(address=host, port=server.server_address[1]), err=True)
     try:
-        thread.join()
+        server.serve_forever()
     except KeyboardInterrupt:
-        server.shutdown()
+        pass  # Ctrl-C: the normal way to stop it
     finally:
         server.server_close()
