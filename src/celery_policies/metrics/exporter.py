@@ -34,7 +34,6 @@ DEFAULT_ADDRESS = "127.0.0.1"
 #: What the command prints on stderr once it serves (with the real port when it was 0).
 SERVING_LINE = "serving dead-letter metrics on http://{address}:{port}/metrics"
 
-DEPTH, AGE, ERRORS = EXPORTER_METRICS
 _INSTALL = "pip install 'celery-policies[metrics]'"
 
 
