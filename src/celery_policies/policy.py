@@ -113,8 +113,8 @@ def _routes(routes: Iterable[FailureRoute], dead_letter_queue: str,
     out = []
     for route in routes:
         when = None if route.when is None else resolve(route.when)
-        if route.dead_letter is not None:
-            queue = dead_letter_queue if route.dead_letter is True else route.dead_letter
+        queue = route.dead_letter_queue(dead_letter_queue)
+        if queue is not None:
             out.append(Route("dead_letter", queue, when))
         elif route.task is not None:
             out.append(Route("task", route.task, when))

@@ -184,7 +184,7 @@ def dead_letter_queue_consumed(context: Context) -> Iterator[Hit]:
     default = context.policies.model.dead_letter_queue
     for path, owner, layer in context.layers():
         for index, route in enumerate(layer.on_failure or ()):
-            queue = default if route.dead_letter is True else route.dead_letter
+            queue = route.dead_letter_queue(default)
             if queue in consumed:
                 yield Hit(Blame((*path, "on_failure", index, "dead_letter"), owner),
                           f"dead letters go to queue {queue!r}, which the workers consume",

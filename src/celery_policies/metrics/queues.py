@@ -64,8 +64,9 @@ def dead_letter_queues(model: PolicyFile | None, extra: Iterable[str] = ()) -> t
         names.add(default)
         for layer in (model.defaults, *model.policies):
             for route in (layer.on_failure or ()) if layer is not None else ():
-                if route.dead_letter is not None:
-                    names.add(default if route.dead_letter is True else route.dead_letter)
+                queue = route.dead_letter_queue(default)
+                if queue is not None:
+                    names.add(queue)
     elif not names:
         names.add(DEFAULT_DEAD_LETTER_QUEUE)
     return tuple(sorted(names))

@@ -102,6 +102,11 @@ class FailureRoute(_Model):
             raise ValueError("a failure route has exactly one of 'dead_letter' or 'task'")
         return self
 
+    def dead_letter_queue(self, default: str) -> str | None:
+        """The queue this route dead-letters to (``default``, the file's
+        ``dead_letter.queue``, for ``dead_letter: true``), or None for a callback task."""
+        return default if self.dead_letter is True else self.dead_letter
+
 
 class PublishRetryPolicy(_Model):
     """Celery's publish-side ``retry_policy``, used when the broker connection fails on send."""
