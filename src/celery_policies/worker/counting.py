@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
 from functools import wraps
 from typing import Any
 
@@ -35,6 +34,7 @@ from ..metrics.names import NO_POLICY
 from ..metrics.worker import OTHER_QUEUE, TaskLabels, WorkerMetrics
 from ..policy import TaskPolicy
 from ..redelivery import RedeliveriesExhausted
+from ..sentry.reporter import _delay as delay  # one reading of Retry.when, the breadcrumbs'
 from ..spec.exception_refs import exception_name
 from .redeliveries import lost
 from .routes import final_reason
@@ -132,21 +132,6 @@ def attempts(request: Any) -> int:
     redeliveries (a redelivery Celery makes itself carries no count)."""
     values = request.request_dict
     return 1 + int(values.get("retries") or 0) + int(values.get(REDELIVERIES_HEADER) or 0)
-
-
-def delay(when: Any) -> float | None:
-    """Seconds until a retry runs: ``Retry.when`` is the countdown, or an ETA (a datetime
-    or its ISO text) when the task code gave one (celery/app/task.py ``retry``)."""
-    if isinstance(when, int | float) and not isinstance(when, bool):
-        return float(when)
-    if isinstance(when, str):
-        when = datetime.fromisoformat(when)
-    if isinstance(when, datetime):
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds: float = (when - datetime.now(timezone.utc)).total_seconds()
-        return seconds
-    return None
 
 
 def _gave_up(exc: BaseException) -> str | None:

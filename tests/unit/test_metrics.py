@@ -1,0 +1,219 @@
+"""The worker's metrics: their names and labels are names.py's, their registry is their own,
+exception labels are capped, and where a worker serves them is chosen option, file,
+environment, in that order. Counting in a real worker: tests/integration/test_metrics.py."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import prometheus_client
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from celery_policies.metrics import names
+from celery_policies.metrics.worker import (
+    INSTALL_HINT,
+    ExceptionNames,
+    MetricsUnavailable,
+    WorkerMetrics,
+)
+from celery_policies.sentry.budget import OUTCOMES, EventBudget
+from celery_policies.spec import model
+from celery_policies.spec.model import MetricsConfig
+from celery_policies.worker.serving import (
+    ADDRESS_ENV,
+    ADDRESS_OPTION,
+    PORT_ENV,
+    PORT_OPTION,
+    Endpoint,
+    MetricsConfigError,
+    endpoint,
+    url,
+)
+from tests.conftest import load, problems
+from tests.unit.test_fingerprint import print_of
+
+TASK = ("proj.task", "policy", "queue")
+
+
+def samples(metrics: WorkerMetrics) -> dict[str, list[Any]]:
+    """Every sample of the registry, by metric family name (as a scrape shows them)."""
+    text = prometheus_client.generate_latest(metrics.registry).decode()
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+def every_event(metrics: WorkerMetrics) -> None:
+    metrics.retried(TASK, "ConnectionError", 1.5)
+    metrics.failed(TASK, "max_retries", 4)
+    metrics.succeeded(TASK, 1)
+    metrics.routed(TASK, "dead_letter", "published")
+    metrics.redelivered(TASK)
+    metrics.cap_reached(TASK)
+    metrics.timed_out(TASK, "soft")
+    metrics.loaded("abc", "policies.yaml", "1.0", "5.7.0", 1.0)
+    metrics.count_sentry(lambda: {"sent": 2})
+
+
+def test_every_worker_metric_is_exported_with_exactly_the_labels_of_names_py() -> None:
+    metrics = WorkerMetrics()
+    every_event(metrics)
+    exported = samples(metrics)
+    for metric in names.WORKER_METRICS:
+        family = metric.name.removesuffix("_total") if metric.kind == "counter" else metric.name
+        assert family in exported, metric.name
+        for sample in exported[family]:
+            if sample.name in names.sample_names(metric) and not sample.name.endswith("_bucket"):
+                assert tuple(sorted(sample.labels)) == tuple(sorted(metric.labels)), sample
+
+
+def test_histograms_have_the_buckets_of_names_py() -> None:
+    metrics = WorkerMetrics()
+    every_event(metrics)
+    exported = samples(metrics)
+    for name, buckets in (("celery_policies_retry_delay_seconds", names.DELAY_BUCKETS),
+                          ("celery_policies_attempts", names.ATTEMPT_BUCKETS)):
+        bounds = [float(s.labels["le"]) for s in exported[name] if s.name.endswith("_bucket")]
+        assert list(dict.fromkeys(bounds)) == [*buckets, float("inf")]
+
+
+def test_sentry_outcomes_are_read_at_scrape_time_and_all_three_are_shown() -> None:
+    metrics = WorkerMetrics()
+    counts = {"sent": 1}
+    metrics.count_sentry(lambda: counts)
+    counts["dropped"] = 4
+    found = {s.labels["outcome"]: s.value for s in samples(metrics)["celery_policies_sentry_events"]
+             if s.name == "celery_policies_sentry_events_total"}
+    assert found == {"sent": 1.0, "over_budget": 0.0, "dropped": 4.0}
+
+
+def test_the_info_gauge_names_only_the_file_applied_last() -> None:
+    metrics = WorkerMetrics()
+    metrics.loaded("one", "a.yaml", "1.0", "5.7.0", 10.0)
+    metrics.loaded("two", "b.yaml", "1.0", "5.7.0", 20.0)
+    info = samples(metrics)["celery_policies_info"]
+    assert [(s.labels["fingerprint"], s.value) for s in info] == [("two", 1.0)]
+    assert samples(metrics)["celery_policies_loaded_timestamp_seconds"][0].value == 20.0
+
+
+def test_the_metrics_live_on_a_registry_of_their_own() -> None:
+    """Two workers' metrics in one process do not collide, and the application's global
+    registry gains nothing."""
+    before = set(prometheus_client.REGISTRY._names_to_collectors)
+    first, second = WorkerMetrics(), WorkerMetrics()  # one registry would refuse the second
+    every_event(first)
+    every_event(second)
+    assert set(prometheus_client.REGISTRY._names_to_collectors) == before
+    assert not any(name.startswith(names.PREFIX) for name in before)
+
+
+def test_exception_names_past_the_cap_are_other_and_earlier_ones_keep_theirs() -> None:
+    capped = ExceptionNames(limit=2)
+    assert [capped.label(n) for n in ("A", "B", "C", "A", "D", "B")] == [
+        "A", "B", names.OTHER_EXCEPTION, "A", names.OTHER_EXCEPTION, "B"]
+
+
+def test_a_flood_of_exception_names_leaves_at_most_the_cap_plus_other_series() -> None:
+    metrics = WorkerMetrics(max_exception_names=3)
+    for index in range(100):
+        metrics.retried(TASK, f"mod.Error{index}", 1.0)
+    retries = [s for s in samples(metrics)["celery_policies_retries"]
+               if s.name == "celery_policies_retries_total"]
+    assert sorted(s.labels["exception"] for s in retries) == [
+        "mod.Error0", "mod.Error1", "mod.Error2", names.OTHER_EXCEPTION]
+    assert sum(s.value for s in retries) == 100
+
+
+def test_an_exception_name_of_any_length_is_cut_to_a_bounded_label() -> None:
+    assert len(ExceptionNames().label("x" * 10_000)) == 200
+
+
+def test_without_prometheus_client_the_error_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with pytest.raises(MetricsUnavailable, match=INSTALL_HINT.replace("[", r"\[")):
+        WorkerMetrics()
+
+
+def test_the_sentry_budget_counts_the_outcomes_of_names_py() -> None:
+    assert OUTCOMES == names.SENTRY_OUTCOMES
+    budget = EventBudget(per_minute=1)
+    assert budget.admit(["t", "E"], 0.0) == 0
+    assert budget.admit(["t", "E"], 1.0) is None
+    budget.count("sent")
+    budget.count("dropped")
+    budget.count("dropped")
+    assert budget.outcomes() == {"sent": 1, "over_budget": 1, "dropped": 2}
+
+
+def test_the_files_default_cap_is_names_pys() -> None:
+    assert model.DEFAULT_MAX_EXCEPTION_NAMES == names.MAX_EXCEPTION_NAMES
+
+
+# -- where a worker serves -------------------------------------------------------------------
+SECTION = MetricsConfig(port=9101, address="10.0.0.1")
+ENV = {PORT_ENV: "9102", ADDRESS_ENV: "10.0.0.2"}
+
+
+@pytest.mark.parametrize(("options", "section", "env", "expected"), [
+    ({}, None, {}, None),
+    ({}, MetricsConfig(), {}, None),
+    ({}, None, ENV, Endpoint("10.0.0.2", 9102)),
+    ({}, SECTION, ENV, Endpoint("10.0.0.1", 9101)),
+    ({PORT_OPTION: 9103, ADDRESS_OPTION: "10.0.0.3"}, SECTION, ENV, Endpoint("10.0.0.3", 9103)),
+    ({PORT_OPTION: 0}, None, {}, Endpoint("127.0.0.1", 0)),
+    ({PORT_OPTION: 9103}, MetricsConfig(address="::1"), {}, Endpoint("::1", 9103)),
+    ({}, MetricsConfig(port=9101), {ADDRESS_ENV: "10.0.0.2"}, Endpoint("10.0.0.2", 9101)),
+], ids=["off", "empty-section", "env", "file-over-env", "option-over-all", "port-0-local",
+        "address-from-file", "address-from-env"])
+def test_the_option_comes_first_then_the_file_then_the_environment(
+        options: dict[str, Any], section: MetricsConfig | None, env: dict[str, str],
+        expected: Endpoint | None) -> None:
+    assert endpoint(options, section, env) == expected
+
+
+@pytest.mark.parametrize("value", ["http", "-1", "65536", "9100.5"])
+def test_an_environment_port_that_is_no_port_is_an_error(value: str) -> None:
+    with pytest.raises(MetricsConfigError, match=f"{PORT_ENV}: expected a TCP port"):
+        endpoint({}, None, {PORT_ENV: value})
+
+
+def test_urls_put_ipv6_addresses_in_brackets() -> None:
+    assert url("127.0.0.1", 9100) == "http://127.0.0.1:9100/metrics"
+    assert url("::1", 9100) == "http://[::1]:9100/metrics"
+
+
+# -- the metrics: section of the file --------------------------------------------------------
+def test_the_metrics_section_is_read_with_its_defaults() -> None:
+    section = load("version: 1\nmetrics:\n  port: 9100\n").model.metrics
+    assert section == MetricsConfig(port=9100)
+    assert section.address is None
+    assert section.max_exception_names == names.MAX_EXCEPTION_NAMES
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("port: 70000", "policies.yaml:3:9: metrics.port: expected a TCP port, a whole number "
+                    "from 0 to 65535 (0: any free port), got 70000"),
+    ("port: -1", "policies.yaml:3:9: metrics.port: expected a TCP port, a whole number "
+                 "from 0 to 65535 (0: any free port), got -1"),
+    ("port: http", "policies.yaml:3:9: metrics.port: expected a TCP port, a whole number "
+                   "from 0 to 65535 (0: any free port), got 'http'"),
+    ("port: true", "policies.yaml:3:9: metrics.port: expected a TCP port, a whole number "
+                   "from 0 to 65535 (0: any free port), got true"),
+    ("max_exception_names: 0", "policies.yaml:3:24: metrics.max_exception_names: expected a "
+                               "whole number >= 1, got 0"),
+    ("address: ''", "policies.yaml:3:12: metrics.address: expected a non-empty string, "
+                    "got ''"),
+    ("prot: 9100", "policies.yaml:3:3: metrics.prot: unknown key 'prot' (did you mean "
+                   "'port'?)"),
+])
+def test_a_bad_metrics_key_gets_a_located_error(text: str, expected: str) -> None:
+    assert problems(f"version: 1\nmetrics:\n  {text}\n") == [expected]
+
+
+def test_the_metrics_section_is_not_part_of_the_fingerprint() -> None:
+    """It changes no task's behaviour: workers that serve on other ports run the same policies."""
+    body = "policies:\n  - match: shop.*\n    max_retries: 3\n"
+    plain = print_of(f"version: 1\n{body}")
+    served = print_of(f"version: 1\nmetrics:\n  port: 9100\n  max_exception_names: 5\n{body}")
+    assert plain == served
