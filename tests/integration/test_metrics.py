@@ -18,10 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from celery_policies.worker.runtime import EXIT_CONFIG
 from tests.support.deadletters import of, read
+from tests.support.sentry import Recorder, recording
 from tests.support.workers import Worker, Workers, attempts, delete_queue, wait_for
 
 HERE = Path(__file__).resolve().parent
 POLICIES = HERE / "metrics.yaml"
+SENTRY_POLICIES = HERE / "sentry.yaml"
 APP = "tests.support.metricsproj"
 SERVING = re.compile(r"WARNING/MainProcess\] serving metrics on (http://127\.0\.0\.1:(\d+)/metrics)")
 #: Seconds for a task's last counted event to show in a scrape.
@@ -73,6 +75,12 @@ class Scraper:
 def series(name: str, queue: str, task: str, policy: str, **labels: str
            ) -> tuple[str, frozenset[tuple[str, str]]]:
     return name, frozenset({"task": task, "policy": policy, "queue": queue, **labels}.items())
+
+
+@pytest.fixture(scope="module")
+def recorder() -> Iterator[Recorder]:
+    with recording() as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -287,3 +295,35 @@ def test_a_task_that_kills_its_process_counts_each_redelivery_and_the_cap(
                outcome="failure"): 1.0})
     assert scraper.delta("celery_policies_attempts_sum", "metrics.lost", "lost",
                          outcome="failure") == 3.0
+
+
+# -- Sentry ----------------------------------------------------------------------------------
+def test_sentry_events_built_in_pool_processes_are_counted_by_outcome(
+        workers: Workers, client: Celery, recorder: Recorder, key: str) -> None:
+    """A budget of 2 per fingerprint: of 5 failures of one task, 2 are sent and 3 held back;
+    the failure of another task is discarded by the application's before_send. The pool
+    processes count them in shared memory; the main process serves the counts. Metrics
+    turned on by the environment variable alone."""
+    dlq = f"{key}.dlq"
+    started = workers(SENTRY_POLICIES, app=APP, concurrency=2, env={
+        "CELERY_POLICIES_METRICS_PORT": "0", "TEST_SENTRY_DSN": recorder.dsn,
+        "TEST_SENTRY_BUDGET": "2", "TEST_SENTRY_DROP": "drop me", "TEST_DLQ": dlq})
+    found = SERVING.search(started.log)
+    assert found, started.log
+    budget = [send(client, started, "proj.dlq.slow_fail", f"{key}:{n}", 0) for n in range(5)]
+    dropped = send(client, started, "metrics.doomed", f"{key}: drop me")
+    for result in [*budget, dropped]:
+        result.get(propagate=False, timeout=TIMEOUT)
+    ids = {result.id for result in budget}
+    sent = recorder.wait(lambda event: event.get("tags", {}).get("celery.task_id") in ids,
+                         count=2)
+    assert len(sent) == 2
+
+    def outcomes() -> dict[str, float]:
+        return {dict(labels)["outcome"]: value for (name, labels), value
+                in scrape(found.group(1)).items() if name == "celery_policies_sentry_events_total"}
+
+    expected = {"sent": 2.0, "over_budget": 3.0, "dropped": 1.0}
+    wait_for(lambda: outcomes() == expected, TIMEOUT)
+    assert outcomes() == expected
+    delete_queue(client, dlq)
