@@ -297,6 +297,36 @@ def test_a_task_that_kills_its_process_counts_each_redelivery_and_the_cap(
                          outcome="failure") == 3.0
 
 
+# -- other pools ----------------------------------------------------------------------------
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_pools_without_children_count_the_same_way(
+        pool: str, workers: Workers, client: Celery, key: str, dead_letter_queue: str) -> None:
+    """threads and solo run tasks in the main process and report through the same request
+    callbacks: a retried success and a final failure with its dead letter are counted."""
+    started = workers(POLICIES, app=APP, pool=pool, concurrency=1,
+                      extra=["--policies-metrics-port", "0"],
+                      env={"TEST_DLQ": dead_letter_queue, "TEST_DEFAULT_QUEUE": workers.queue})
+    found = SERVING.search(started.log)
+    assert found, started.log
+    scraper = Scraper(found.group(1), started.queue)
+    assert send(client, started, "metrics.flaky", key, 1).get(timeout=TIMEOUT) == "ok"
+    send(client, started, "metrics.doomed", key)
+    q = started.queue
+    scraper.expect("metrics.flaky", {
+        series("celery_policies_retries_total", q, "metrics.flaky", "flaky",
+               exception=FLAKY): 1.0,
+        series("celery_policies_retry_delay_seconds_count", q, "metrics.flaky", "flaky"): 1.0,
+        series("celery_policies_attempts_count", q, "metrics.flaky", "flaky",
+               outcome="success"): 1.0})
+    scraper.expect("metrics.doomed", {
+        series("celery_policies_final_failures_total", q, "metrics.doomed", "doomed",
+               reason="exception"): 1.0,
+        series("celery_policies_failure_routes_total", q, "metrics.doomed", "doomed",
+               route="dead_letter", outcome="published"): 1.0,
+        series("celery_policies_attempts_count", q, "metrics.doomed", "doomed",
+               outcome="failure"): 1.0})
+
+
 # -- Sentry ----------------------------------------------------------------------------------
 def test_sentry_events_built_in_pool_processes_are_counted_by_outcome(
         workers: Workers, client: Celery, recorder: Recorder, key: str) -> None:
