@@ -4,13 +4,19 @@ environment, in that order. Counting in a real worker: tests/integration/test_me
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import prometheus_client
 import pytest
+from billiard.einfo import ExceptionInfo
+from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
+from celery_policies.guard import GUARD_FORMAT
 from celery_policies.metrics import names
 from celery_policies.metrics.worker import (
     INSTALL_HINT,
@@ -21,6 +27,8 @@ from celery_policies.metrics.worker import (
 from celery_policies.sentry.budget import OUTCOMES, EventBudget
 from celery_policies.spec import model
 from celery_policies.spec.model import MetricsConfig
+from celery_policies.worker.counting import Counting, counted_request_class
+from celery_policies.worker.routes import FailureRouter
 from celery_policies.worker.serving import (
     ADDRESS_ENV,
     ADDRESS_OPTION,
@@ -217,3 +225,105 @@ def test_the_metrics_section_is_not_part_of_the_fingerprint() -> None:
     plain = print_of(f"version: 1\n{body}")
     served = print_of(f"version: 1\nmetrics:\n  port: 9100\n  max_exception_names: 5\n{body}")
     assert plain == served
+
+
+# -- what the failure routes and the request class tell the counters -------------------------
+class FakePublisher:
+    """Publishes to any queue but ``down``."""
+
+    def publish(self, envelope: Any, queue: str, *args: Any, **kwargs: Any) -> None:
+        if queue == "down":
+            raise ConnectionError("broker unreachable")
+
+
+def failed_request() -> Any:
+    message = SimpleNamespace(body=b"[]", content_type="application/json",
+                              content_encoding="utf-8", headers={}, properties={})
+    return SimpleNamespace(name="proj.task", id="0f0f", message=message, delivery_info={},
+                           time_start=0.0, hostname="w@h", args=[], kwargs={})
+
+
+def routing(counted: Callable[[Any, str, bool], None]) -> FailureRouter:
+    router = FailureRouter(Celery("metrics", set_as_current=False),
+                           lambda name, exc: [("dead_letter", "up"), ("dead_letter", "down")],
+                           lambda name: None, lambda name: None)
+    router._publisher = FakePublisher()  # type: ignore[assignment]
+    router.counting = counted
+    return router
+
+
+def test_each_failure_route_is_told_to_the_counters_with_whether_it_was_published() -> None:
+    told: list[tuple[str, bool]] = []
+    ok = routing(lambda request, kind, taken: told.append((kind, taken))).route(
+        failed_request(), ValueError("x"), None, "exception")
+    assert not ok
+    assert told == [("dead_letter", True), ("dead_letter", False)]
+
+
+def test_a_counting_fault_never_stops_a_failure_route(
+        caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*_: Any) -> None:
+        raise RuntimeError("counting fault")
+
+    router = routing(broken)
+    router.routes_for = lambda name, exc: [("dead_letter", "up")]
+    with caplog.at_level(logging.ERROR, logger="celery_policies"):
+        assert router.route(failed_request(), ValueError("x"), None, "exception")
+    assert [r.msg for r in caplog.records] == [GUARD_FORMAT]
+    assert "counting fault" in caplog.records[0].getMessage()
+
+
+class CeleryRequest:
+    """Stands for Celery's ``Request``: records what Celery's own handlers were given."""
+
+    name = "proj.task"
+    id = "0f0f"
+
+    def __init__(self) -> None:
+        self.failures: list[ExceptionInfo] = []
+
+    def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True,
+                   return_ok: bool = False) -> str:
+        self.failures.append(exc_info)
+        return "celery"
+
+
+def test_a_counting_fault_leaves_the_failure_to_celery_with_the_real_exception(
+        caplog: pytest.LogCaptureFixture) -> None:
+    counting = Counting(Celery("metrics", set_as_current=False), WorkerMetrics())
+    request = counted_request_class(CeleryRequest, counting, None)()  # type: ignore[arg-type]
+    try:
+        raise KeyError("the task's own")
+    except KeyError:
+        info = ExceptionInfo()
+    with caplog.at_level(logging.ERROR, logger="celery_policies"):
+        assert request.on_failure(info) == "celery"  # no task, no delivery info: a fault
+    assert request.failures == [info]
+    assert [r.msg for r in caplog.records] == [GUARD_FORMAT]
+
+
+def test_celerys_own_request_class_is_counted_on_success() -> None:
+    """Celery builds a subclass of the task's request class per task whose on_success never
+    calls its base's (create_request_cls): the counting class wraps that subclass's."""
+    successes: list[Any] = []
+
+    class Told(Counting):
+        def succeeded(self, request: Any, policy: str) -> None:
+            successes.append((request, policy))
+
+    counting = Told(Celery("metrics", set_as_current=False), WorkerMetrics())
+    base = counted_request_class("celery.worker.request:Request", counting, None)
+
+    class Built(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            self.name, self.id = "proj.task", "0f0f"
+
+        def on_success(self, failed__retval__runtime: Any, **kwargs: Any) -> str:
+            return "celery"
+
+    request = Built()
+    assert request.on_success((False, "ok", 0.1)) == "celery"
+    assert successes == [(request, names.NO_POLICY)]
+    successes.clear()
+    assert request.on_success((True, None, 0.1)) == "celery"  # a failure: on_failure counts
+    assert successes == []
