@@ -14,6 +14,8 @@ import prometheus_client
 import pytest
 from billiard.einfo import ExceptionInfo
 from celery import Celery
+from celery.exceptions import Retry
+from celery.utils.serialization import UnpickleableExceptionWrapper
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_policies.guard import GUARD_FORMAT
@@ -27,7 +29,7 @@ from celery_policies.metrics.worker import (
 from celery_policies.sentry.budget import OUTCOMES, EventBudget
 from celery_policies.spec import model
 from celery_policies.spec.model import MetricsConfig
-from celery_policies.worker.counting import Counting, counted_request_class
+from celery_policies.worker.counting import Counting, counted_request_class, retried_name
 from celery_policies.worker.routes import FailureRouter
 from celery_policies.worker.serving import (
     ADDRESS_ENV,
@@ -327,3 +329,18 @@ def test_celerys_own_request_class_is_counted_on_success() -> None:
     successes.clear()
     assert request.on_success((True, None, 0.1)) == "celery"  # a failure: on_failure counts
     assert successes == []
+
+
+class Unpicklable(Exception):
+    def __init__(self, handle: Any) -> None:
+        super().__init__(handle)
+        self.handle = handle
+
+
+def test_a_retried_exception_is_named_by_its_class_even_when_it_could_not_be_pickled() -> None:
+    """Celery swaps an exception that cannot be pickled for a wrapper keeping its name."""
+    assert retried_name(Retry(exc=KeyError("k"), when=1)) == "KeyError"
+    wrapped = Retry(exc=Unpicklable(lambda: None), when=1)
+    assert isinstance(wrapped.exc, UnpickleableExceptionWrapper)
+    assert retried_name(wrapped) == f"{__name__}.Unpicklable"
+    assert retried_name(Retry(when=1)) == "Retry"

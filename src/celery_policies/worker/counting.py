@@ -23,6 +23,7 @@ from typing import Any
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
 from celery import Celery
 from celery.exceptions import Retry, TimeLimitExceeded
+from celery.utils.serialization import UnpickleableExceptionWrapper
 from celery.worker.request import Request
 from kombu.utils.imports import symbol_by_name
 
@@ -80,9 +81,8 @@ class Counting:
         self.metrics.succeeded(self.labels(request, policy), attempts(request))
 
     def retried(self, request: Any, policy: str, retry: Retry) -> None:
-        exc = retry.exc
-        name = exception_name(type(exc)) if isinstance(exc, BaseException) else "Retry"
-        self.metrics.retried(self.labels(request, policy), name, delay(retry.when))
+        self.metrics.retried(self.labels(request, policy), retried_name(retry),
+                             delay(retry.when))
 
     def failed(self, request: Any, policy: str, exc: BaseException) -> None:
         """``on_failure``: a final failure, or a lost process that Celery requeues."""
@@ -132,6 +132,17 @@ def attempts(request: Any) -> int:
     redeliveries (a redelivery Celery makes itself carries no count)."""
     values = request.request_dict
     return 1 + int(values.get("retries") or 0) + int(values.get(REDELIVERIES_HEADER) or 0)
+
+
+def retried_name(retry: Retry) -> str:
+    """The name of the exception a ``Retry`` carries back from the pool child. One that
+    could not be pickled comes as Celery's wrapper, which keeps the class's name
+    (celery/utils/serialization.py); a retry without an exception is ``Retry``."""
+    exc = retry.exc
+    if isinstance(exc, UnpickleableExceptionWrapper):
+        module, name = str(exc.exc_module), str(exc.exc_cls_name)
+        return name if module == "builtins" else f"{module}.{name}"
+    return exception_name(type(exc)) if isinstance(exc, BaseException) else "Retry"
 
 
 def _gave_up(exc: BaseException) -> str | None:
