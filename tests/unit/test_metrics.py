@@ -19,6 +19,7 @@ from celery.utils.serialization import UnpickleableExceptionWrapper
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_policies.guard import GUARD_FORMAT
+from celery_policies.headers import REDELIVERIES_HEADER
 from celery_policies.metrics import names
 from celery_policies.metrics.worker import (
     INSTALL_HINT,
@@ -29,7 +30,12 @@ from celery_policies.metrics.worker import (
 from celery_policies.sentry.budget import OUTCOMES, EventBudget
 from celery_policies.spec import model
 from celery_policies.spec.model import MetricsConfig
-from celery_policies.worker.counting import Counting, counted_request_class, retried_name
+from celery_policies.worker.counting import (
+    Counting,
+    attempts,
+    counted_request_class,
+    retried_name,
+)
 from celery_policies.worker.routes import FailureRouter
 from celery_policies.worker.serving import (
     ADDRESS_ENV,
@@ -344,3 +350,12 @@ def test_a_retried_exception_is_named_by_its_class_even_when_it_could_not_be_pic
     assert isinstance(wrapped.exc, UnpickleableExceptionWrapper)
     assert retried_name(wrapped) == f"{__name__}.Unpicklable"
     assert retried_name(Retry(when=1)) == "Retry"
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({}, 1), ({"retries": 2}, 3), ({"retries": 2, REDELIVERIES_HEADER: 1}, 4),
+    ({"retries": "two", REDELIVERIES_HEADER: -5}, 1), ({"retries": True}, 1),
+])
+def test_attempts_count_retries_and_redeliveries_and_ignore_hostile_headers(
+        headers: dict[str, Any], expected: int) -> None:
+    assert attempts(SimpleNamespace(request_dict=headers)) == expected

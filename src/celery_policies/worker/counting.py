@@ -131,7 +131,13 @@ def attempts(request: Any) -> int:
     """Runs of the task so far, this one included: its retries and the plugin's
     redeliveries (a redelivery Celery makes itself carries no count)."""
     values = request.request_dict
-    return 1 + int(values.get("retries") or 0) + int(values.get(REDELIVERIES_HEADER) or 0)
+    return 1 + _count(values.get("retries")) + _count(values.get(REDELIVERIES_HEADER))
+
+
+def _count(value: Any) -> int:
+    """A count from a message (anyone may publish one): anything but a whole number >= 0
+    counts as 0, so that a hostile header cannot lose the outcome it comes with."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def retried_name(retry: Retry) -> str:
