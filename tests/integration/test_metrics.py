@@ -5,6 +5,7 @@ module; the labels of one test's task and the deltas keep tests apart)."""
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.request
 import uuid
@@ -140,6 +141,34 @@ def test_a_port_already_taken_stops_the_worker_with_the_reason(
                       env={"TEST_DLQ": "unused"})
     assert refused.wait_exit() == EXIT_CONFIG
     assert f"cannot serve metrics on 127.0.0.1 port {port}" in refused.log
+
+
+def listening_inode(port: int) -> str:
+    """The inode of the socket listening on 127.0.0.1:``port`` (/proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if local == f"0100007F:{port:04X}" and state == "0A":  # 0A: LISTEN
+            return inode
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def holders(pids: list[int], inode: str) -> list[int]:
+    """Which of ``pids`` hold the socket ``inode`` open."""
+    def holds(pid: int) -> bool:
+        fds = Path(f"/proc/{pid}/fd")
+        return any(os.readlink(fd) == f"socket:[{inode}]" for fd in fds.iterdir())
+    return [pid for pid in pids if holds(pid)]
+
+
+def test_only_the_main_process_holds_the_metrics_socket(worker: Worker, scraper: Scraper) -> None:
+    """Pool processes fork with the listening socket and close their copy, so that the port
+    is free once the main process is gone."""
+    assert worker.process is not None
+    inode = listening_inode(int(scraper.url.rsplit(":", 1)[1].split("/")[0]))
+    children = worker.pool_pids()
+    assert children
+    assert holders([worker.process.pid, *children], inode) == [worker.process.pid]
 
 
 # -- counting --------------------------------------------------------------------------------
