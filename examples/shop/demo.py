@@ -13,11 +13,17 @@ With no ``CELERY_BROKER_URL`` it needs no broker: the worker and the demo share 
 uses that broker, e.g. ``CELERY_BROKER_URL=redis://127.0.0.1:6379/7`` (results go to the same
 Redis unless ``CELERY_RESULT_BACKEND`` says otherwise; see ``examples/shop/app.py``).
 
+With ``--metrics`` the worker also serves its Prometheus metrics (``--policies-metrics-port
+0``, a free port on 127.0.0.1), and the demo ends with what they counted: the non-zero
+``celery_policies_*`` samples of one scrape, by metric. It needs the ``metrics`` extra
+(``pip install 'celery-policies[metrics]'``).
+
 Exit status: 0 when every task ended as expected, 1 otherwise (the worker's log is kept).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -26,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +54,10 @@ ROOT = Path(__file__).resolve().parents[2]
 POLICY_FILE = "policies.example.yaml"
 #: Seconds to wait for the worker to start, and for all results once the tasks are sent.
 READY_TIMEOUT, RESULTS_TIMEOUT = 30.0, 60.0
+#: What the worker logs when it serves its metrics (worker/serving.py).
+SERVING = re.compile(r"serving metrics on (?P<url>http://\S+/metrics)")
+#: How to get prometheus_client, which ``--metrics`` needs.
+METRICS_EXTRA = "pip install 'celery-policies[metrics]'"
 
 LOG_LINE = re.compile(r"^\[(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[\w-]+\] "
                       r"(?P<message>.*)$")
@@ -110,9 +122,11 @@ def use_embedded_broker(folder: Path) -> str:
     return f"filesystem:// in {folder / 'broker'} (embedded: no broker needed)"
 
 
-def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
+def start_worker(log_path: Path, metrics: bool = False) -> subprocess.Popen[bytes]:
     command = ["celery", "-A", "examples.shop", "worker",
                "--policies", POLICY_FILE, "-c", "4", "-l", "INFO"]
+    if metrics:
+        command += ["--policies-metrics-port", "0"]
     print(f"worker   {' '.join(command)}")
     with log_path.open("wb") as log:
         # A session of its own: a Ctrl-C reaches the demo only, which then stops the worker.
@@ -216,8 +230,10 @@ def report(scenario: Scenario, result: AsyncResult, value: Any, sent: float,
     return problems
 
 
-def send_and_report(worker: subprocess.Popen[bytes], log_path: Path) -> list[str]:
-    """Send every scenario's task, wait for the results, print them; return the problems."""
+def send_and_report(worker: subprocess.Popen[bytes], log_path: Path,
+                    metrics: bool = False) -> list[str]:
+    """Send every scenario's task, wait for the results, print them (and, with ``metrics``,
+    what the worker's metrics counted); return the problems."""
     plan = scenarios()
     sent: list[tuple[AsyncResult, float]] = []
     for scenario in plan:
@@ -242,7 +258,10 @@ def send_and_report(worker: subprocess.Popen[bytes], log_path: Path) -> list[str
         problems += report(scenario, result, value, at, events.get(result.id, []), matcher)
     newsletter = next(result for (result, _), scenario in zip(sent, plan, strict=True)
                       if scenario.task is send_newsletter)
-    return problems + dead_letters(newsletter)
+    problems += dead_letters(newsletter)
+    if metrics:
+        problems += show_metrics(log_path, read_events(log_path))
+    return problems
 
 
 def wait_for_routes(log_path: Path, plan: list[Scenario],
@@ -296,7 +315,80 @@ def dead_letters(newsletter: AsyncResult) -> list[str]:
     return problems
 
 
-def main() -> int:
+# --- --metrics: what the worker's Prometheus metrics counted --------------------------------
+
+def scrape(log_path: Path) -> tuple[str, str] | None:
+    """The worker's metrics URL (from its log) and one scrape of it; None if it serves none."""
+    found = SERVING.search(log_path.read_text(errors="replace"))
+    if found is None:
+        return None
+    with urllib.request.urlopen(found["url"], timeout=10) as response:
+        return found["url"], response.read().decode()
+
+
+def counted(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The non-zero ``celery_policies_*`` samples of a scrape, by metric, without
+    prometheus_client's ``_created`` samples and histogram buckets (their ``_count`` and
+    ``_sum`` say enough here)."""
+    from prometheus_client.parser import (  # noqa: PLC0415 - the optional metrics extra
+        text_string_to_metric_families,
+    )
+
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith("celery_policies_"):
+            continue
+        for sample in family.samples:
+            if sample.name.endswith(("_created", "_bucket")) or not sample.value:
+                continue
+            found.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return found
+
+
+def render_samples(found: dict[str, list[tuple[dict[str, str], float]]]) -> Iterable[str]:
+    """The samples as aligned lines under each metric's name."""
+    for name, samples in found.items():
+        yield f"  {name}"
+        rows = [(", ".join(f"{key}={value}" for key, value in labels.items()
+                           if key != "file"), value) for labels, value in samples]
+        width = max(len(text) for text, _ in rows)
+        for text, value in sorted(rows):
+            yield f"    {text:<{width}}  {value:g}"
+
+
+def show_metrics(log_path: Path, events: dict[str, list[Event]]) -> list[str]:
+    """Print what the worker's metrics counted; return what disagrees with its log."""
+    print("\nMetrics: what the worker counted, from one scrape of its /metrics")
+    scraped = scrape(log_path)
+    if scraped is None:
+        print("  UNEXPECTED: the worker did not say it serves metrics")
+        return ["the worker served no metrics"]
+    url, text = scraped
+    found = counted(text)
+    print(f"  {url} (non-zero samples; histograms as _count and _sum)")
+    print(*render_samples(found), sep="\n")
+    # The same decisions, seen two ways: the worker's log and its counters.
+    logged = sum(kind == "retry" for task in events.values() for _, kind, _ in task)
+    retries = sum(value for _, value in found.get("celery_policies_retries_total", []))
+    if retries != logged:
+        message = f"the metrics count {retries:g} retries, the worker's log {logged}"
+        print(f"  UNEXPECTED: {message}")
+        return [message]
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m examples.shop.demo",
+                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--metrics", action="store_true",
+                        help="serve the worker's Prometheus metrics and show what they counted")
+    metrics = parser.parse_args(argv).metrics
+    if metrics:
+        try:
+            import prometheus_client  # noqa: F401, PLC0415 - only --metrics needs it
+        except ImportError:
+            print(f"--metrics needs prometheus_client: {METRICS_EXTRA}")
+            return 2
     started = time.monotonic()
     folder = Path(tempfile.mkdtemp(prefix="celery-policies-demo-"))
     broker = os.environ.get("CELERY_BROKER_URL")
@@ -315,11 +407,11 @@ def main() -> int:
     print(f"broker   {broker}\nresults  {app.conf.result_backend}")
 
     log_path = folder / "worker.log"
-    worker = start_worker(log_path)
+    worker = start_worker(log_path, metrics)
     problems = ["the worker did not start"]
     try:
         if wait_until_ready(worker, log_path):
-            problems = send_and_report(worker, log_path)
+            problems = send_and_report(worker, log_path, metrics)
     finally:
         stop_worker(worker)
     if problems == ["the worker did not start"]:
