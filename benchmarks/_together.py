@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,12 +73,16 @@ def clean_up(broker: redis.Redis, results: redis.Redis, queue: str, result_key: 
 
 def measure_window(*, broker_url: str, backend_url: str, root: Path, workdir: Path,
                    queues: Mapping[str, str], launches: Mapping[str, Launch],
-                   publish: Callable[[str, str, int], object], tasks: int) -> Window:
+                   publish: Callable[[str, str, int], object], tasks: int,
+                   during: Callable[[], AbstractContextManager[object]] = nullcontext
+                   ) -> Window:
     """Publish ``tasks`` messages to each variant's queue, start every worker (in the order of
     ``queues``), measure one window, stop the workers and clean the databases up.
 
     ``launches[variant].command`` must log to ``workdir / f"{queues[variant]}.log"``; its
-    output goes to the same name ending ``.out``. Raises ``WorkerFailed``.
+    output goes to the same name ending ``.out``. ``during()`` is entered once every worker
+    is ready and left when the window closes (to scrape a worker while it works, say).
+    Raises ``WorkerFailed``.
     """
     broker = redis.Redis.from_url(broker_url)
     logs = {v: workdir / f"{queue}.log" for v, queue in queues.items()}
@@ -92,15 +97,16 @@ def measure_window(*, broker_url: str, backend_url: str, root: Path, workdir: Pa
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True)
         ready = wait_ready(workers, logs, timeout=60)
-        opened, left_at_open = time.time(), queue_lengths(broker, dict(queues))
-        end = tasks * WINDOW_END
-        while True:
-            closed, left = time.time(), queue_lengths(broker, dict(queues))
-            if min(left.values()) <= end:
-                break
-            if closed - opened > 60 + tasks / 100:
-                raise WorkerFailed(f"the tasks were not done in time: {left}")
-            time.sleep(0.005)
+        with during():
+            opened, left_at_open = time.time(), queue_lengths(broker, dict(queues))
+            end = tasks * WINDOW_END
+            while True:
+                closed, left = time.time(), queue_lengths(broker, dict(queues))
+                if min(left.values()) <= end:
+                    break
+                if closed - opened > 60 + tasks / 100:
+                    raise WorkerFailed(f"the tasks were not done in time: {left}")
+                time.sleep(0.005)
     finally:
         for worker in workers.values():
             stop_worker(worker)
