@@ -11,6 +11,7 @@ from .check import check
 from .dlq import dlq
 from .explain import explain
 from .fleet import fleet
+from .metrics import metrics
 from .schema import schema
 from .simulate import simulate
 
@@ -19,7 +20,7 @@ from .simulate import simulate
 @click.version_option(package_name="celery-policies")
 def policies() -> None:
     """See, check and simulate what a celery-policies file does to your tasks; inspect and
-    replay its dead letters."""
+    replay its dead letters, and serve their metrics."""
     # Like `celery -A`, find the application's modules (and exceptions) from where it runs.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -31,6 +32,7 @@ policies.add_command(simulate)
 policies.add_command(schema)
 policies.add_command(dlq)
 policies.add_command(fleet)
+policies.add_command(metrics)
 
 
 def main() -> None:
