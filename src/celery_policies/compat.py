@@ -156,19 +156,26 @@ def success_was_stored(request: Request) -> bool:
 
 
 def lost_worker_is_final(request: Request) -> bool:
-    """Whether Celery fails for good a task whose pool process was lost, rather than keep
-    its success (5.7: stored before the loss), retry it (5.7: ``retry_on_worker_lost``)
-    or requeue it (``acks_late`` with ``reject_on_worker_lost``). Mirrors
+    """Whether Celery fails for good a task whose pool process was lost."""
+    return lost_worker_outcome(request) == "failed"
+
+
+def lost_worker_outcome(request: Request) -> str:
+    """What Celery does with a task whose pool process was lost: ``kept`` (5.7: its success
+    was stored before the loss), ``retried`` (5.7: ``retry_on_worker_lost``), ``requeued``
+    (``acks_late`` with ``reject_on_worker_lost``) or ``failed``. Mirrors
     ``Request.on_failure``."""
     task = request.task
     if success_was_stored(request):
-        return False
+        return "kept"
     retried = RETRIES_LOST_WORKERS and bool(getattr(task, "retry_on_worker_lost", False))
     exceeded = retried and task.max_retries is not None and (
         request_context(request).retries >= task.max_retries)
     if retried and not exceeded:
-        return False
-    return not (task.acks_late and task.reject_on_worker_lost and not exceeded)
+        return "retried"
+    if task.acks_late and task.reject_on_worker_lost and not exceeded:
+        return "requeued"
+    return "failed"
 
 
 def cancelled(request: Request) -> bool:

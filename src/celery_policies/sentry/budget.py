@@ -10,6 +10,10 @@ A child killed while it holds the lock (SIGKILL, OOM) would leave it held for go
 is only ever waited for briefly, and a process that cannot get it sends its event anyway.
 Reporting must never stall a task, and worker shutdown never waits for the lock longer than
 ``SHUTDOWN_LOCK_WAIT``.
+
+The same table counts what became of each event the plugin built (``OUTCOMES``) for the
+worker's metrics, which its main process reads at each scrape: the children need no metrics
+of their own.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ LOCK_WAIT = 0.05
 #: seconds; after it the count is read without the lock (a best-effort figure).
 SHUTDOWN_LOCK_WAIT = 1.0
 _PROBES = 16
+#: What became of an event: sent (handed to sentry_sdk's transport), held back by the budget
+#: (``over_budget``), or dropped (a ``before_send`` hook or sentry_sdk discarded it). The
+#: same as ``metrics/names.py``'s ``SENTRY_OUTCOMES`` (a test checks: the layers keep
+#: ``sentry/`` from importing ``metrics/``).
+OUTCOMES = ("sent", "over_budget", "dropped")
 
 
 class _Slot(ctypes.Structure):
@@ -50,6 +59,7 @@ class EventBudget:
         self.per_minute = per_minute
         self._lock = multiprocessing.Lock()
         self._slots = multiprocessing.RawArray(_Slot, slots)
+        self._outcomes = multiprocessing.RawArray(ctypes.c_int64, len(OUTCOMES))
 
     def admit(self, fingerprint: Sequence[str], now: float) -> int | None:
         """None if the event is over budget (it is counted); otherwise how many events of this
@@ -62,12 +72,29 @@ class EventBudget:
                 slot.start, slot.sent = now, 0
             if slot.sent >= self.per_minute:
                 slot.suppressed += 1
+                self._outcomes[OUTCOMES.index("over_budget")] += 1
                 return None
             slot.sent += 1
             held, slot.suppressed = slot.suppressed, 0
             return int(held)
         finally:
             self._lock.release()
+
+    def count(self, outcome: str) -> None:
+        """Count an event's ``outcome`` (one of ``OUTCOMES``). Without the lock (a process
+        died holding it) the count is made anyway: a rare lost increment, never a stall."""
+        index = OUTCOMES.index(outcome)
+        locked = self._lock.acquire(timeout=LOCK_WAIT)
+        try:
+            self._outcomes[index] += 1
+        finally:
+            if locked:
+                self._lock.release()
+
+    def outcomes(self) -> dict[str, int]:
+        """The events counted so far in every process of the worker, by outcome (read
+        without the lock: each count is one machine word)."""
+        return {outcome: int(self._outcomes[i]) for i, outcome in enumerate(OUTCOMES)}
 
     def held_back(self, wait: float = SHUTDOWN_LOCK_WAIT) -> int:
         """Events counted and not yet reported by a later event, over all fingerprints.

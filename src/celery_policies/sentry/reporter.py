@@ -406,9 +406,11 @@ class SentryReporter:
             with sentry_sdk.isolation_scope() as scope:
                 scope.clear_breadcrumbs()
                 sentry_sdk.Scope.get_current_scope().clear_breadcrumbs()
-                sentry_sdk.capture_event(event, hint=hint)
+                sent = sentry_sdk.capture_event(event, hint=hint)
         else:
-            sentry_sdk.capture_event(event, hint=hint)
+            sent = sentry_sdk.capture_event(event, hint=hint)
+        # capture_event gives no id when a before_send hook or sentry_sdk discarded the event
+        self.budget.count("sent" if sent else "dropped")
 
 
 def _fingerprint(name: str, exc: BaseException) -> list[str]:

@@ -254,6 +254,42 @@ class BrokerConfig(_Model):
                           "since RabbitMQ 3.8.17); null when the server has none.")
 
 
+#: Distinct ``exception`` label values a worker keeps (as ``metrics/names.py``'s
+#: ``MAX_EXCEPTION_NAMES``, which a test checks: the file language imports no metrics code).
+DEFAULT_MAX_EXCEPTION_NAMES = 50
+#: The address a worker's ``/metrics`` listens on unless told otherwise: this machine only.
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"
+
+
+def _port(value: object) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)  # ${ENV} interpolation gives text
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"expected a TCP port, a whole number from 0 to 65535 (0: any free "
+                         f"port), got {got(value)}")
+    return value
+
+
+Port = Annotated[int | None, BeforeValidator(_port),
+                 WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 65535})]
+
+
+class MetricsConfig(_Model):
+    """The ``metrics:`` section: the worker's Prometheus metrics (docs/metrics.md)."""
+
+    port: Port = Field(
+        None, description="Serve /metrics on this port (0: any free port; the worker logs "
+                          "which). --policies-metrics-port and $CELERY_POLICIES_METRICS_PORT "
+                          "come first and last. Left out: no metrics.")
+    address: NonEmptyText = Field(
+        None, description=f"The address /metrics listens on ({DEFAULT_METRICS_ADDRESS} "
+                          "unless --policies-metrics-address or "
+                          "$CELERY_POLICIES_METRICS_ADDRESS says otherwise).")
+    max_exception_names: PositiveCount = Field(
+        DEFAULT_MAX_EXCEPTION_NAMES,
+        description="Distinct exception label values kept; later ones are counted as other.")
+
+
 def _version(value: object) -> int:
     if value == 1 and type(value) is int:
         return 1
@@ -262,6 +298,7 @@ def _version(value: object) -> int:
 
 ACCEPTS[_patterns] = "pattern (glob, exact name, `re:<regex>`) or a list of them"
 ACCEPTS[_version] = "`1`"
+ACCEPTS[_port] = "whole number from 0 to 65535"
 
 
 class PolicyFile(_Model):
@@ -275,6 +312,8 @@ class PolicyFile(_Model):
     dead_letter: DeadLetterConfig | None = Field(None, description="The dead-letter queue.")
     broker: BrokerConfig | None = Field(
         None, description="The broker server's own settings, for check's lint rules.")
+    metrics: MetricsConfig | None = Field(
+        None, description="The worker's Prometheus metrics.")
     policies: tuple[Policy, ...] = Field((), description="Policies, matched by task name.")
 
     def consistency_problems(self) -> list[tuple[DocPath, str]]:

@@ -17,6 +17,7 @@ from ..spec.model import (
     DeadLetterConfig,
     FailureRoute,
     LintIgnore,
+    MetricsConfig,
     Policy,
     PolicyFile,
     PolicySettings,
@@ -49,6 +50,9 @@ _SECTIONS: list[tuple[str, type[BaseModel], tuple[str, ...] | None, str]] = [
     ("`broker:`", BrokerConfig, None,
      "What the broker server is configured with, which the app's settings cannot tell; read "
      "by `check`'s lint rules ([lint.md](lint.md))."),
+    ("`metrics:`", MetricsConfig, None,
+     "The worker's Prometheus metrics ([metrics.md](metrics.md)); they change no task's "
+     "behaviour and are not part of the fleet fingerprint."),
 ]
 
 

@@ -3,7 +3,8 @@
 Celery's command line imports every ``celery.commands`` entry point as it starts
 (``with_plugins`` in celery/bin/celery.py, the same in 5.3 to 5.7); this package's is
 ``celery_policies.celery_command:policies``, whose import calls ``enable()``. That adds
-``--policies`` and ``--policies-strict`` to the worker command and connects one
+``--policies``, ``--policies-strict`` and the ``--policies-metrics-*`` options to the worker
+command and connects one
 ``worker_init`` receiver, so that ``celery -A proj worker --policies policies.yaml`` applies
 the file to an app that never imports the plugin. For such an app it does nothing unless a
 file is named by ``--policies``, ``$CELERY_POLICIES_FILE`` or the ``policies_file`` setting:
@@ -31,6 +32,16 @@ WORKER_OPTIONS = (
                  default=False,
                  help="celery-policies: refuse to start on any policy warning, such as time "
                       "limits the pool does not enforce."),
+    click.Option(["--policies-metrics-port", "policies_metrics_port"], metavar="PORT",
+                 type=click.IntRange(0, 65535), default=None,
+                 help="celery-policies: serve Prometheus metrics on this port, 0 for any free "
+                      "one (default: metrics.port in the file, or "
+                      "$CELERY_POLICIES_METRICS_PORT; none: no metrics)."),
+    click.Option(["--policies-metrics-address", "policies_metrics_address"],
+                 metavar="ADDRESS", default=None,
+                 help="celery-policies: the address metrics listen on (default: "
+                      "metrics.address in the file, $CELERY_POLICIES_METRICS_ADDRESS, or "
+                      "127.0.0.1)."),
 )
 
 

@@ -16,6 +16,7 @@ This works through ``Task.Request``, the request class the worker builds its str
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
@@ -42,9 +43,15 @@ def lost(request: Any, exc: BaseException) -> bool:
             and not cancelled(request))
 
 
-def capped_request_class(request: str | type[Request], max_redeliveries: int) -> type[Request]:
+#: Told of each redelivery made, for the metrics: (request).
+RedeliveredHook = Callable[[Any], None]
+
+
+def capped_request_class(request: str | type[Request], max_redeliveries: int,
+                         redelivered: RedeliveredHook | None = None) -> type[Request]:
     """A subclass of a task's request class (``Task.Request``, a class or its dotted path)
-    that redelivers at most ``max_redeliveries`` times."""
+    that redelivers at most ``max_redeliveries`` times; ``redelivered(request)`` is told of
+    each redelivery."""
     base: type[Request] = symbol_by_name(request)
 
     class CappedRequest(base):  # type: ignore[misc]
@@ -80,6 +87,9 @@ def capped_request_class(request: str | type[Request], max_redeliveries: int) ->
             self.acknowledge()
             log.warning("worker process lost running %s[%s] (%s): redelivered, %d of "
                         "max_redeliveries %d", self.name, self.id, exc, count, max_redeliveries)
+            if redelivered is not None:
+                with guard(f"count the redelivery of {self.name}[{self.id}]"):
+                    redelivered(self)
             return True
 
     CappedRequest.__name__ = CappedRequest.__qualname__ = f"CappedRequest[{base.__name__}]"

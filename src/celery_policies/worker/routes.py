@@ -76,6 +76,9 @@ redo_log = logging.getLogger(REDO_LOGGER)
 #: Told of every final failure once its routes were tried: (request, exc, reason, all taken).
 FinalHook = Callable[[Any, BaseException, str, bool], None]
 
+#: Told of each route taken, for the metrics: (request, route kind, whether it was taken).
+RouteHook = Callable[[Any, str, bool], None]
+
 #: The routes a task takes for an exception type: ``[("dead_letter", queue) | ("task", name)]``.
 RoutesFor = Callable[[str, type[BaseException]], list[tuple[str, str]]]
 
@@ -93,6 +96,7 @@ class FailureRouter:
                  max_length: int | None = None) -> None:
         self.app = app
         self.on_final: FinalHook | None = None
+        self.counting: RouteHook | None = None
         self.routes_for = routes_for
         self.label_for = label_for
         self.retry_policy_for = retry_policy_for
@@ -128,6 +132,7 @@ class FailureRouter:
                     log.info("sent %s for failed %s[%s]", target, request.name, request.id)
             except Exception as error:
                 ok = False
+                self._count(request, kind, False)
                 if kind == "dead_letter":
                     what = f"dead-letter {request.name}[{request.id}] to {target}"
                     message: Any = dead_letter(envelope, failure).jsonable()
@@ -138,7 +143,14 @@ class FailureRouter:
                 redo_log.critical(REDO_FORMAT, what, error,
                                   json.dumps({"route": kind, "target": target,
                                               "message": message}, default=repr))
+            else:
+                self._count(request, kind, True)
         return ok
+
+    def _count(self, request: Any, kind: str, ok: bool) -> None:
+        if self.counting is not None:
+            with guard(f"count a failure route of {request.name}[{request.id}]"):
+                self.counting(request, kind, ok)
 
     def failure_record(self, request: Any, envelope: Envelope, exc: BaseException,
                        traceback: str | None, reason: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import signal
 import sys
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Celery
 from celery.app.task import Task
@@ -28,19 +28,24 @@ from celery.apps.worker import Worker as AppWorker
 
 from ..appinfo import effective_settings, registered_tasks
 from ..compat import rebuild_tracer
-from ..errors import PolicyFileError
+from ..errors import PolicyError, PolicyFileError
 from ..guard import guard
 from ..lint import lint
 from ..lint.pools import pool_name
 from ..location import CONF_KEY, DEFAULT_FILE, ENV_VAR, locate_file
 from ..logs import GIVE_UP_LOGGER
+from ..metrics.names import MAX_EXCEPTION_NAMES, NO_POLICY
+from ..metrics.worker import WorkerMetrics
 from ..policy import compile_policies, fingerprint
 from ..sentry.reporter import SentryReporter
 from ..spec.backoff import GiveUpReason
 from ..spec.loader import Policies, load_policies
 from ..spec.matching import Matcher
+from ..tools.fleet import versions
+from .counting import Counting
 from .patching import patch
 from .routes import FailureRouter
+from .serving import SERVING_FORMAT, Endpoint, MetricsConfigError, MetricsServer, endpoint
 from .view import AppliedPolicies
 
 log = logging.getLogger("celery_policies")
@@ -74,6 +79,10 @@ class Runtime(AppliedPolicies):
         self.router = FailureRouter(app, self.routes_taken, self.label,
                                     self.publish_retry_policy)
         self.reporter: SentryReporter | None = None
+        #: The worker's metrics, counting and ``/metrics`` server, when it serves metrics.
+        self.metrics: WorkerMetrics | None = None
+        self.counting: Counting | None = None
+        self.server: MetricsServer | None = None
 
     # -- where the file comes from -------------------------------------------------------
     def locate(self, option: str | None = None) -> str | None:
@@ -107,11 +116,15 @@ class Runtime(AppliedPolicies):
                         "tasks run as their code says")
             return
         try:
-            self.apply(load_policies(path, import_exceptions=True))
+            policies = load_policies(path, import_exceptions=True)
+            where = self._prepare_metrics(options, policies)
+            self.apply(policies)
         except PolicyFileError as exc:
             refuse([*map(str, exc.problems), f"{exc.summary}: the worker does not start "
                                               "with an invalid policy file (celery-policies)"])
         self._start_reporter()
+        if where is not None:
+            self._serve_metrics(where)
         # Children started without fork (worker_pool_start_method=spawn) find the file here.
         os.environ[ENV_VAR] = os.path.abspath(path)
         warnings = self.startup_warnings(pool_name(getattr(sender, "pool_cls", "prefork")))
@@ -128,6 +141,42 @@ class Runtime(AppliedPolicies):
                     f"{sum(bool(p.matched) for p in self.tasks.values())} of "
                     f"{len(self.tasks)} tasks; fingerprint {self.fingerprint()}")
 
+    def _prepare_metrics(self, options: dict[str, Any], policies: Policies) -> Endpoint | None:
+        """Set up counting when metrics are asked for (before ``apply`` patches the tasks);
+        a worker asked for metrics it cannot serve does not start."""
+        section = policies.model.metrics
+        try:
+            where = endpoint(options, section, os.environ)
+            if where is None:
+                return None
+            limit = section.max_exception_names if section is not None else None
+            self.metrics = WorkerMetrics(limit or MAX_EXCEPTION_NAMES)
+        except PolicyError as exc:
+            refuse([f"celery-policies: {exc}; the worker does not start"])
+        counting = self.counting = Counting(self.app, self.metrics)
+
+        def routed(request: Any, kind: str, ok: bool) -> None:
+            counting.routed(request, self.label(request.name) or NO_POLICY, kind, ok)
+
+        self.router.counting = routed
+        return where
+
+    def _serve_metrics(self, where: Endpoint) -> None:
+        """Say which file this worker applied, then serve, from the main process only."""
+        assert self.metrics is not None
+        assert self.policies is not None
+        info = versions()
+        self.metrics.loaded(self.fingerprint() or "", self.policies.file,
+                            info["celery_policies"], info["celery"],
+                            self.loaded_at.timestamp() if self.loaded_at else 0.0)
+        if self.reporter is not None:
+            self.metrics.count_sentry(self.reporter.budget.outcomes)
+        try:
+            self.server = MetricsServer(self.metrics.registry, where)
+        except MetricsConfigError as exc:
+            refuse([f"celery-policies: {exc}; the worker does not start"])
+        self._later(logging.WARNING, SERVING_FORMAT % self.server.url)
+
     def on_after_setup(self, instance: Any = None, **_: Any) -> None:
         """Logging is configured only after ``worker_init``: say what happened now."""
         if getattr(instance, "app", None) is not self.app:
@@ -143,6 +192,9 @@ class Runtime(AppliedPolicies):
         dispatch logs the error and carries on): like the main process, it refuses instead.
         It exits before taking any task and asks the worker to stop (a warm shutdown), or
         the pool would replace it with another child that fails the same way, forever."""
+        if self.server is not None:
+            with guard("close the metrics socket a pool process inherited"):
+                self.server.forget()
         if self._applied_pid is not None:
             return  # forked: the child has the main process's patched tasks
         with guard(f"apply {path} in pool process {os.getpid()}", CHILD_REFUSES,
@@ -175,7 +227,7 @@ class Runtime(AppliedPolicies):
         self._fingerprint = fingerprint(self.tasks.values())
         for name, policy in self.tasks.items():
             patch(tasks[name], policy, partial(self.retry_settings, name), self.gave_up,
-                  self.router, reporting=self.reporter is not None)
+                  self.router, reporting=self.reporter is not None, counting=self.counting)
         self.loaded_at = datetime.now(timezone.utc)
         self._applied_pid = os.getpid()
 
@@ -259,7 +311,7 @@ class WorkerRefused(SystemExit):
         return "\n".join(self.lines)
 
 
-def refuse(lines: list[str]) -> None:
+def refuse(lines: list[str]) -> NoReturn:
     """Stop the worker before it consumes anything: a worker never runs half-configured."""
     for line in lines:
         print(line, file=sys.stderr)
