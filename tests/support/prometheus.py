@@ -96,6 +96,7 @@ class Prometheus:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def start(self) -> Prometheus:
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(config(self.jobs), encoding="utf-8")
         self.port = free_port()
         command = [binary(), f"--config.file={self.config_path}",
