@@ -56,6 +56,8 @@ from benchmarks._together import Launch, measure_window, stop_worker
 from benchmarks._workers import WorkerFailed, tail, wait_ready
 from celery import Celery
 
+from celery_policies.worker.serving import SERVING_FORMAT
+
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_URL = "redis://127.0.0.1:6379/5"
 RESULT_BACKEND = "redis://127.0.0.1:6379/6"
@@ -64,8 +66,8 @@ CONCURRENCY = 2
 SUCCESS_GOAL, FAILURE_GOAL, SCRAPE_GOAL = 0.98, 0.97, 0.050
 DEFAULT_TASKS, DEFAULT_FAILING, DEFAULT_ROUNDS = 20_000, 5_000, 6
 SCRAPE_TASKS, SCRAPE_EXCEPTIONS = 1_000, 20
-#: What the worker logs when it serves metrics (``worker/serving.py`` SERVING_FORMAT).
-SERVING = re.compile(r"serving metrics on (http://\S+/metrics)")
+#: What the worker logs when it serves metrics.
+SERVING = re.compile(re.escape(SERVING_FORMAT.partition("%s")[0]) + r"(http://\S+)")
 VARIANTS = ("on", "off")
 
 

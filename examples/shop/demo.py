@@ -43,7 +43,9 @@ from celery.exceptions import TimeoutError as ResultTimeout
 from celery.result import AsyncResult
 
 from celery_policies import load_policies
+from celery_policies.metrics.names import PREFIX
 from celery_policies.spec.matching import Matcher
+from celery_policies.worker.serving import SERVING_FORMAT
 
 from .app import BROKER_DIR_VAR, app, settings_from_env
 from .billing import charge_card
@@ -54,8 +56,8 @@ ROOT = Path(__file__).resolve().parents[2]
 POLICY_FILE = "policies.example.yaml"
 #: Seconds to wait for the worker to start, and for all results once the tasks are sent.
 READY_TIMEOUT, RESULTS_TIMEOUT = 30.0, 60.0
-#: What the worker logs when it serves its metrics (worker/serving.py).
-SERVING = re.compile(r"serving metrics on (?P<url>http://\S+/metrics)")
+#: What the worker logs when it serves its metrics.
+SERVING = re.compile(re.escape(SERVING_FORMAT.partition("%s")[0]) + r"(?P<url>http://\S+)")
 #: How to get prometheus_client, which ``--metrics`` needs.
 METRICS_EXTRA = "pip install 'celery-policies[metrics]'"
 
@@ -326,50 +328,84 @@ def scrape(log_path: Path) -> tuple[str, str] | None:
         return found["url"], response.read().decode()
 
 
-def counted(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """The non-zero ``celery_policies_*`` samples of a scrape, by metric, without
-    prometheus_client's ``_created`` samples and histogram buckets (their ``_count`` and
-    ``_sum`` say enough here)."""
+#: What a row of the metrics section shows: task, policy, the other labels, the value.
+Row = tuple[str, str, str, str]
+#: Labels left out of the rows: the same on every one (the demo's one queue, the file).
+QUIET_LABELS = ("task", "policy", "queue", "file")
+
+
+def counted(text: str) -> dict[str, list[Row]]:
+    """The non-zero ``celery_policies_*`` samples of a scrape, by metric (its name without
+    the prefix); a histogram as its count and sum, without buckets and ``_created``."""
     from prometheus_client.parser import (  # noqa: PLC0415 - the optional metrics extra
         text_string_to_metric_families,
     )
 
-    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    found: dict[str, list[Row]] = {}
     for family in text_string_to_metric_families(text):
-        if not family.name.startswith("celery_policies_"):
+        if not family.name.startswith(PREFIX):
             continue
-        for sample in family.samples:
-            if sample.name.endswith(("_created", "_bucket")) or not sample.value:
-                continue
-            found.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+        if family.type == "histogram":
+            totals: dict[tuple[tuple[str, str], ...], dict[str, float]] = {}
+            for sample in family.samples:
+                kind = sample.name.rpartition("_")[2]
+                if kind in ("count", "sum"):
+                    totals.setdefault(tuple(sorted(sample.labels.items())), {})[kind] = \
+                        sample.value
+            rows = [_row(dict(labels), f"{got['count']:g} (sum {got['sum']:.3g})")
+                    for labels, got in totals.items() if got.get("count")]
+            name = family.name
+        else:
+            rows = [_row(sample.labels, _value(sample.name, sample.value))
+                    for sample in family.samples
+                    if not sample.name.endswith("_created") and sample.value]
+            name = family.samples[0].name if family.samples else family.name
+        if rows:
+            found[name.removeprefix(PREFIX)] = sorted(rows)
     return found
 
 
-def render_samples(found: dict[str, list[tuple[dict[str, str], float]]]) -> Iterable[str]:
-    """The samples as aligned lines under each metric's name."""
-    for name, samples in found.items():
+def _row(labels: dict[str, str], value: str) -> Row:
+    others = ", ".join(f"{key}={text}" for key, text in sorted(labels.items())
+                       if key not in QUIET_LABELS)
+    return labels.get("task", ""), labels.get("policy", ""), others, value
+
+
+def _value(name: str, value: float) -> str:
+    if name.endswith("_timestamp_seconds"):
+        return datetime.fromtimestamp(value).strftime("%H:%M:%S")
+    return f"{value:g}"
+
+
+def render_samples(found: dict[str, list[Row]]) -> Iterable[str]:
+    """The rows as aligned columns under each metric's name."""
+    every = [row for rows in found.values() for row in rows]
+    task, policy = (max(len(row[column]) for row in every) for column in (0, 1))
+    for name, rows in found.items():
         yield f"  {name}"
-        rows = [(", ".join(f"{key}={value}" for key, value in labels.items()
-                           if key != "file"), value) for labels, value in samples]
-        width = max(len(text) for text, _ in rows)
-        for text, value in sorted(rows):
-            yield f"    {text:<{width}}  {value:g}"
+        others = max(len(row[2]) for row in rows)  # lined up within one metric
+        for row in rows:
+            cells = [f"{row[0]:<{task}}", f"{row[1]:<{policy}}"] if row[0] else []
+            if others:
+                cells.append(f"{row[2]:<{others}}")
+            yield "    " + "  ".join([*cells, row[3]])
 
 
 def show_metrics(log_path: Path, events: dict[str, list[Event]]) -> list[str]:
     """Print what the worker's metrics counted; return what disagrees with its log."""
-    print("\nMetrics: what the worker counted, from one scrape of its /metrics")
+    print("\nMetrics: what the worker counted, read from one scrape of its /metrics")
     scraped = scrape(log_path)
     if scraped is None:
         print("  UNEXPECTED: the worker did not say it serves metrics")
         return ["the worker served no metrics"]
     url, text = scraped
     found = counted(text)
-    print(f"  {url} (non-zero samples; histograms as _count and _sum)")
+    print(f"  {url}: the non-zero samples, by task and policy; histograms as their count "
+          f"(and sum)")
     print(*render_samples(found), sep="\n")
     # The same decisions, seen two ways: the worker's log and its counters.
     logged = sum(kind == "retry" for task in events.values() for _, kind, _ in task)
-    retries = sum(value for _, value in found.get("celery_policies_retries_total", []))
+    retries = sum(float(row[3]) for row in found.get("retries_total", []))
     if retries != logged:
         message = f"the metrics count {retries:g} retries, the worker's log {logged}"
         print(f"  UNEXPECTED: {message}")
@@ -378,8 +414,9 @@ def show_metrics(log_path: Path, events: dict[str, list[Event]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m examples.shop.demo",
-                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.shop.demo",
+        description="See policies.example.yaml at work in a real Celery worker.")
     parser.add_argument("--metrics", action="store_true",
                         help="serve the worker's Prometheus metrics and show what they counted")
     metrics = parser.parse_args(argv).metrics
