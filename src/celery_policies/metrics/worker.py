@@ -56,6 +56,7 @@ def prometheus() -> Any:
     """prometheus_client, or ``MetricsUnavailable`` saying how to install it."""
     try:
         import prometheus_client  # noqa: PLC0415 - the optional ``metrics`` extra
+        import prometheus_client.core  # noqa: PLC0415 - its metric families, for collectors
     except ImportError as exc:
         raise MetricsUnavailable(f"metrics need prometheus_client, which is not installed "
                                  f"({INSTALL_HINT})") from exc

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
 from functools import wraps
 from typing import Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
 from celery import Celery
 from celery.exceptions import Retry, TimeLimitExceeded
+from celery.utils.serialization import UnpickleableExceptionWrapper
 from celery.worker.request import Request
 from kombu.utils.imports import symbol_by_name
 
@@ -35,6 +35,7 @@ from ..metrics.names import NO_POLICY
 from ..metrics.worker import OTHER_QUEUE, TaskLabels, WorkerMetrics
 from ..policy import TaskPolicy
 from ..redelivery import RedeliveriesExhausted
+from ..sentry.reporter import _delay as delay  # one reading of Retry.when, the breadcrumbs'
 from ..spec.exception_refs import exception_name
 from .redeliveries import lost
 from .routes import final_reason
@@ -80,9 +81,8 @@ class Counting:
         self.metrics.succeeded(self.labels(request, policy), attempts(request))
 
     def retried(self, request: Any, policy: str, retry: Retry) -> None:
-        exc = retry.exc
-        name = exception_name(type(exc)) if isinstance(exc, BaseException) else "Retry"
-        self.metrics.retried(self.labels(request, policy), name, delay(retry.when))
+        self.metrics.retried(self.labels(request, policy), retried_name(retry),
+                             delay(retry.when))
 
     def failed(self, request: Any, policy: str, exc: BaseException) -> None:
         """``on_failure``: a final failure, or a lost process that Celery requeues."""
@@ -131,22 +131,24 @@ def attempts(request: Any) -> int:
     """Runs of the task so far, this one included: its retries and the plugin's
     redeliveries (a redelivery Celery makes itself carries no count)."""
     values = request.request_dict
-    return 1 + int(values.get("retries") or 0) + int(values.get(REDELIVERIES_HEADER) or 0)
+    return 1 + _count(values.get("retries")) + _count(values.get(REDELIVERIES_HEADER))
 
 
-def delay(when: Any) -> float | None:
-    """Seconds until a retry runs: ``Retry.when`` is the countdown, or an ETA (a datetime
-    or its ISO text) when the task code gave one (celery/app/task.py ``retry``)."""
-    if isinstance(when, int | float) and not isinstance(when, bool):
-        return float(when)
-    if isinstance(when, str):
-        when = datetime.fromisoformat(when)
-    if isinstance(when, datetime):
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds: float = (when - datetime.now(timezone.utc)).total_seconds()
-        return seconds
-    return None
+def _count(value: Any) -> int:
+    """A count from a message (anyone may publish one): anything but a whole number >= 0
+    counts as 0, so that a hostile header cannot lose the outcome it comes with."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def retried_name(retry: Retry) -> str:
+    """The name of the exception a ``Retry`` carries back from the pool child. One that
+    could not be pickled comes as Celery's wrapper, which keeps the class's name
+    (celery/utils/serialization.py); a retry without an exception is ``Retry``."""
+    exc = retry.exc
+    if isinstance(exc, UnpickleableExceptionWrapper):
+        module, name = str(exc.exc_module), str(exc.exc_cls_name)
+        return name if module == "builtins" else f"{module}.{name}"
+    return exception_name(type(exc)) if isinstance(exc, BaseException) else "Retry"
 
 
 def _gave_up(exc: BaseException) -> str | None:

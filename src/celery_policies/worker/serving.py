@@ -15,6 +15,7 @@ inherits the listening socket but not the thread serving it: it closes its copy 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,7 @@ class MetricsServer:
                                      f"{where.port}: {exc.strerror or exc}") from exc
         self.address = where.address
         self.port = int(self._server.server_address[1])
+        self._pid = os.getpid()
 
     @property
     def url(self) -> str:
@@ -94,7 +96,10 @@ class MetricsServer:
 
     def forget(self) -> None:
         """In a forked child: close the inherited copy of the listening socket (never stop
-        the server: its thread is the parent's)."""
+        the server: its thread is the parent's). Nothing in the serving process itself: the
+        solo pool sends ``worker_process_init`` there (celery/concurrency/solo.py)."""
+        if os.getpid() == self._pid:
+            return
         with contextlib.suppress(OSError):
             self._server.socket.close()
 
