@@ -29,7 +29,15 @@ from celery_policies.metrics.queues import DELIVERY_COUNT_HEADER
 from tests.support import proj
 from tests.support.deadletters import read
 from tests.support.proxy import Proxy
-from tests.support.workers import AMQP_URL, ROOT, delete_queue, queue_size, require, wait_for
+from tests.support.workers import (
+    AMQP_URL,
+    BROKERS,
+    ROOT,
+    delete_queue,
+    queue_size,
+    require,
+    wait_for,
+)
 
 from .test_broker_outage import proxy, through  # noqa: F401 - the fixture
 
@@ -229,6 +237,25 @@ def test_a_broker_that_goes_away_counts_read_errors_and_keeps_the_last_figures(
     assert wait_for(lambda: exporter.scrape()[DEPTH] == {dead_letter_queue: 3}, timeout=60,
                     interval=0.3)
     assert exporter.process.poll() is None
+
+
+def test_a_queue_the_broker_refuses_counts_read_errors_and_the_others_are_read(
+        exporters: Callable[..., Exporter]) -> None:
+    url = BROKERS["redis"]
+    require(url, "redis")
+    good, bad = f"dlq.{uuid.uuid4().hex[:12]}", f"dlq.{uuid.uuid4().hex[:12]}"
+    with Connection(url) as connection:
+        client = connection.default_channel.client
+        client.set(bad, "a string, not a list")  # LLEN answers WRONGTYPE
+        try:
+            put(url, good, 1)
+            exporter = exporters(url, "--queue", good, "--queue", bad)
+            found = exporter.scrape()
+            assert found[DEPTH] == {good: 1}
+            assert found[ERRORS] == {good: 0, bad: 1}
+            assert "WRONGTYPE" in exporter.log.read_text()
+        finally:
+            client.delete(good, bad)
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def _interval(ctx: click.Context, param: click.Parameter, value: str) -> float:
                    "./policies.yaml).")
 @click.option("--queue", "queues", metavar="QUEUE", multiple=True,
               help="Read this dead-letter queue too (repeatable).")
-@click.option("--address", default=DEFAULT_ADDRESS, show_default=True,
+@click.option("--address", default=DEFAULT_ADDRESS, show_default=True, metavar="ADDRESS",
               help="The address to serve on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT,
               show_default=True, help="The port to serve on; 0 picks a free one.")
@@ -84,14 +84,14 @@ def serve_(ctx: click.Context, app_name: str | None, path: str | None,
         reader = QueueReader(connection, dead_letter_queues(model, queues),
                              rabbitmq_age=rabbitmq_age)
         cache = DeadLetterCache(reader.read, reader.queues, interval, timeout)
-        server, thread = serve(cache, address, port)
+        server = serve(cache, address, port)
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from exc
     host = f"[{address}]" if ":" in address else address
     click.echo(SERVING_LINE.format(address=host, port=server.server_address[1]), err=True)
     try:
-        thread.join()
+        server.serve_forever()
     except KeyboardInterrupt:
-        server.shutdown()
+        pass  # Ctrl-C: the normal way to stop it
     finally:
         server.server_close()

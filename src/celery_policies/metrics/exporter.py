@@ -12,11 +12,14 @@ prometheus_client is imported here only, when the exporter is built (``metrics``
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from ..errors import PolicyError
 from .names import EXPORTER_METRICS, Metric
@@ -31,7 +34,6 @@ DEFAULT_ADDRESS = "127.0.0.1"
 #: What the command prints on stderr once it serves (with the real port when it was 0).
 SERVING_LINE = "serving dead-letter metrics on http://{address}:{port}/metrics"
 
-DEPTH, AGE, ERRORS = EXPORTER_METRICS
 _INSTALL = "pip install 'celery-policies[metrics]'"
 
 
@@ -134,17 +136,30 @@ def require_client() -> None:
         raise PolicyError(f"the metrics exporter needs prometheus_client: {_INSTALL}") from exc
 
 
-def serve(cache: DeadLetterCache, address: str, port: int) -> tuple[Any, threading.Thread]:
-    """Serve the cache's figures on ``address:port`` (0: a free port) in a daemon thread, on
-    a registry of their own. Returns the server (``server_address`` has the real port) and
-    its thread. Raises ``PolicyError`` when prometheus_client is missing or the address
-    cannot be bound."""
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per request: a slow scrape never holds up another."""
+
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # no line per scrape
+
+
+def serve(cache: DeadLetterCache, address: str, port: int) -> WSGIServer:
+    """A server of the cache's figures on ``address:port`` (0: a free port; its
+    ``server_address`` has the real one), on a registry of their own; ``serve_forever``
+    serves. Raises ``PolicyError`` when prometheus_client is missing or the address cannot
+    be bound."""
     require_client()
-    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+    from prometheus_client import CollectorRegistry, make_wsgi_app  # noqa: PLC0415
 
     registry = CollectorRegistry()
     registry.register(DeadLetterCollector(cache))
     try:
-        return start_http_server(port, address, registry)
+        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
+        server_class = type("Server", (_Server,), {"address_family": family})
+        return make_server(address, port, make_wsgi_app(registry), server_class, _Quiet)
     except OSError as exc:
         raise PolicyError(f"cannot serve on {address}:{port}: {exc.strerror or exc}") from exc

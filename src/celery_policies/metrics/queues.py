@@ -139,8 +139,9 @@ class QueueReader:
                                 queue, exc or type(exc).__name__)
                     lost = True
                     break
-                except Exception:  # a queue the broker refuses (a Redis key of another type)
-                    log.exception("dead-letter queue %r not read", queue)
+                except Exception as exc:  # refused: a Redis key of another type
+                    log.error("dead-letter queue %r not read: %s: %s", queue,
+                              type(exc).__name__, exc)
         finally:
             if lost:
                 drop(connection)  # no goodbyes to a broker that does not answer
