@@ -104,7 +104,7 @@ SENT: dict[str, tuple[str, dict[str, Any]]] = {
     "stubborn": ("proj.limits.stubborn", {"seconds": 4}),
     "suicide": ("proj.lost.suicide", {}),
 }
-#: How each ends: a state, and the exception of a failure.
+#: How each ends: SUCCESS, or the class name of the exception it failed with.
 ENDS = {"noop-1": "SUCCESS", "noop-2": "SUCCESS", "noop-3": "SUCCESS", "recovers": "SUCCESS",
         "exhausted": "Flaky", "deadline": "Flaky", "fatal": "Fatal", "unpolicied": "Fatal",
         "stubborn": "TimeLimitExceeded", "suicide": "RedeliveriesExhausted"}
