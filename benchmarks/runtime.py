@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -60,14 +59,14 @@ from benchmarks._runtime_app import (
     describe,
     wrapper_of,
 )
-from benchmarks._workers import (
-    READY_MARK,
-    WorkerFailed,
-    queue_lengths,
-    read_ready,
-    tail,
-    wait_ready,
+from benchmarks._together import (
+    UNACKED_KEY,
+    Launch,
+    clean_up,
+    measure_window,
+    stop_worker,
 )
+from benchmarks._workers import READY_MARK, WorkerFailed, read_ready, tail
 from celery import Celery
 from celery.utils.time import get_exponential_backoff_interval
 
@@ -85,10 +84,6 @@ DEFAULT_CALLS = 1_000_000
 CONCURRENCY = 2
 BROKER_URL = "redis://127.0.0.1:6379/5"
 RESULT_BACKEND = "redis://127.0.0.1:6379/6"
-#: The Redis transport's hash of delivered, unacknowledged messages (kombu's default name).
-UNACKED_KEY = "unacked"
-#: Running together, the window closes when a queue has this share of its messages left.
-WINDOW_END = 0.05
 #: The variants, by the name this script prints.
 LABELS = {"plugin": "plugin (policy file)", "decorator": "decorator arguments"}
 #: A failing task for the failure path, registered next to ``bench.noop``.
@@ -185,26 +180,6 @@ def wait_until_acked(broker: redis.Redis, queue: str, timeout: float = 60.0) -> 
         time.sleep(0.001)
 
 
-def stop_worker(worker: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (a warm shutdown), then SIGKILL to the worker's own process group if needed."""
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-    try:
-        worker.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(worker.pid, signal.SIGKILL)  # start_new_session: the group is the worker's
-        worker.wait()
-
-
-def clean_up(broker: redis.Redis, results: redis.Redis, queue: str, result_key: str) -> None:
-    """Delete the queue, its priority sub-queues and its binding, and the sentinel's result."""
-    keys = list(broker.scan_iter(match=f"*{queue}*"))
-    if keys:
-        broker.delete(*keys)
-    if result_key:
-        results.delete(result_key)
-
-
 def measure_once(variant: str, round_: int, args: argparse.Namespace, workdir: Path,
                  policy_file: Path) -> Measured:
     """Publish, start a worker, time it from ready to the last acknowledgement, stop it."""
@@ -246,53 +221,20 @@ def measure_once(variant: str, round_: int, args: argparse.Namespace, workdir: P
 
 def measure_together(round_: int, args: argparse.Namespace, workdir: Path,
                      policy_file: Path) -> dict[str, Measured]:
-    """Both variants at once, each on its own queue, over one window of time.
-
-    A shared, noisy machine slows whatever runs at the moment; two workers running at the same
-    moment are slowed alike. Each queue gets ``args.tasks`` messages; both workers start (the
-    one started first alternates by round); the window opens when both are consuming and
-    closes when either queue has ``WINDOW_END`` of its messages left, so neither worker ever
-    runs alone. Each rate is the messages its worker took off its queue in the window divided
-    by the window (a prefetch of at most 8 messages is the error: 0.05% of 20,000).
-    """
-    broker = redis.Redis.from_url(args.broker)
+    """Both variants at once, each on its own queue, over one window of time
+    (``_together.measure_window``); the one started first alternates by round."""
     order = ("plugin", "decorator") if round_ % 2 == 0 else ("decorator", "plugin")
     queues = {v: f"bench.runtime.{os.getpid()}.{round_}.{v}" for v in order}
-    logs = {v: workdir / f"{queues[v]}.log" for v in order}
-    workers: dict[str, subprocess.Popen[bytes]] = {}
+    launches = {v: Launch(worker_command(v, queues[v], f"{queues[v]}@%h", args.loglevel,
+                                         workdir / f"{queues[v]}.log", policy_file),
+                          worker_env(v, args.broker, args.backend)) for v in order}
     try:
-        for variant in order:
-            publish(args.broker, queues[variant], args.tasks)
-        for variant in order:
-            command = worker_command(variant, queues[variant], f"{queues[variant]}@%h",
-                                     args.loglevel, logs[variant], policy_file)
-            with (workdir / f"{queues[variant]}.out").open("wb") as out:
-                workers[variant] = subprocess.Popen(
-                    command, cwd=ROOT, env=worker_env(variant, args.broker, args.backend),
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True)
-        ready = wait_ready(workers, logs, timeout=60)
-        opened, left_at_open = time.time(), queue_lengths(broker, queues)
-        end = args.tasks * WINDOW_END
-        while True:
-            closed, left = time.time(), queue_lengths(broker, queues)
-            if min(left.values()) <= end:
-                break
-            if closed - opened > 60 + args.tasks / 100:
-                raise WorkerFailed(f"the tasks were not done in time: {left}")
-            time.sleep(0.005)
+        window = measure_window(broker_url=args.broker, backend_url=args.backend, root=ROOT,
+                                workdir=workdir, queues=queues, launches=launches,
+                                publish=publish, tasks=args.tasks)
     except WorkerFailed as exc:
         sys.exit(f"round {round_ + 1}: {exc}")
-    finally:
-        for worker in workers.values():
-            stop_worker(worker)
-        for queue in queues.values():
-            clean_up(broker, broker, queue, "")
-        broker.delete(UNACKED_KEY, f"{UNACKED_KEY}_index", f"{UNACKED_KEY}_mutex")
-        redis.Redis.from_url(args.backend).flushdb()
-        broker.close()
-    return {v: Measured(v, left_at_open[v] - left[v], closed - opened, ready[v][1])
-            for v in order}
+    return {v: Measured(v, window.taken[v], window.seconds, window.setup[v]) for v in order}
 
 
 def check_equivalent(runs: Sequence[Measured]) -> None:

@@ -13,11 +13,17 @@ With no ``CELERY_BROKER_URL`` it needs no broker: the worker and the demo share 
 uses that broker, e.g. ``CELERY_BROKER_URL=redis://127.0.0.1:6379/7`` (results go to the same
 Redis unless ``CELERY_RESULT_BACKEND`` says otherwise; see ``examples/shop/app.py``).
 
+With ``--metrics`` the worker also serves its Prometheus metrics (``--policies-metrics-port
+0``, a free port on 127.0.0.1), and the demo ends with what they counted: the non-zero
+``celery_policies_*`` samples of one scrape, by metric. It needs the ``metrics`` extra
+(``pip install 'celery-policies[metrics]'``).
+
 Exit status: 0 when every task ended as expected, 1 otherwise (the worker's log is kept).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -26,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +43,9 @@ from celery.exceptions import TimeoutError as ResultTimeout
 from celery.result import AsyncResult
 
 from celery_policies import load_policies
+from celery_policies.metrics.names import PREFIX
 from celery_policies.spec.matching import Matcher
+from celery_policies.worker.serving import SERVING_FORMAT
 
 from .app import BROKER_DIR_VAR, app, settings_from_env
 from .billing import charge_card
@@ -46,6 +56,10 @@ ROOT = Path(__file__).resolve().parents[2]
 POLICY_FILE = "policies.example.yaml"
 #: Seconds to wait for the worker to start, and for all results once the tasks are sent.
 READY_TIMEOUT, RESULTS_TIMEOUT = 30.0, 60.0
+#: What the worker logs when it serves its metrics.
+SERVING = re.compile(re.escape(SERVING_FORMAT.partition("%s")[0]) + r"(?P<url>http://\S+)")
+#: How to get prometheus_client, which ``--metrics`` needs.
+METRICS_EXTRA = "pip install 'celery-policies[metrics]'"
 
 LOG_LINE = re.compile(r"^\[(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[\w-]+\] "
                       r"(?P<message>.*)$")
@@ -110,9 +124,11 @@ def use_embedded_broker(folder: Path) -> str:
     return f"filesystem:// in {folder / 'broker'} (embedded: no broker needed)"
 
 
-def start_worker(log_path: Path) -> subprocess.Popen[bytes]:
+def start_worker(log_path: Path, metrics: bool = False) -> subprocess.Popen[bytes]:
     command = ["celery", "-A", "examples.shop", "worker",
                "--policies", POLICY_FILE, "-c", "4", "-l", "INFO"]
+    if metrics:
+        command += ["--policies-metrics-port", "0"]
     print(f"worker   {' '.join(command)}")
     with log_path.open("wb") as log:
         # A session of its own: a Ctrl-C reaches the demo only, which then stops the worker.
@@ -216,8 +232,10 @@ def report(scenario: Scenario, result: AsyncResult, value: Any, sent: float,
     return problems
 
 
-def send_and_report(worker: subprocess.Popen[bytes], log_path: Path) -> list[str]:
-    """Send every scenario's task, wait for the results, print them; return the problems."""
+def send_and_report(worker: subprocess.Popen[bytes], log_path: Path,
+                    metrics: bool = False) -> list[str]:
+    """Send every scenario's task, wait for the results, print them (and, with ``metrics``,
+    what the worker's metrics counted); return the problems."""
     plan = scenarios()
     sent: list[tuple[AsyncResult, float]] = []
     for scenario in plan:
@@ -242,7 +260,10 @@ def send_and_report(worker: subprocess.Popen[bytes], log_path: Path) -> list[str
         problems += report(scenario, result, value, at, events.get(result.id, []), matcher)
     newsletter = next(result for (result, _), scenario in zip(sent, plan, strict=True)
                       if scenario.task is send_newsletter)
-    return problems + dead_letters(newsletter)
+    problems += dead_letters(newsletter)
+    if metrics:
+        problems += show_metrics(log_path, read_events(log_path))
+    return problems
 
 
 def wait_for_routes(log_path: Path, plan: list[Scenario],
@@ -296,7 +317,115 @@ def dead_letters(newsletter: AsyncResult) -> list[str]:
     return problems
 
 
-def main() -> int:
+# --- --metrics: what the worker's Prometheus metrics counted --------------------------------
+
+def scrape(log_path: Path) -> tuple[str, str] | None:
+    """The worker's metrics URL (from its log) and one scrape of it; None if it serves none."""
+    found = SERVING.search(log_path.read_text(errors="replace"))
+    if found is None:
+        return None
+    with urllib.request.urlopen(found["url"], timeout=10) as response:
+        return found["url"], response.read().decode()
+
+
+#: What a row of the metrics section shows: task, policy, the other labels, the value.
+Row = tuple[str, str, str, str]
+#: Labels left out of the rows: the same on every one (the demo's one queue, the file).
+QUIET_LABELS = ("task", "policy", "queue", "file")
+
+
+def counted(text: str) -> dict[str, list[Row]]:
+    """The non-zero ``celery_policies_*`` samples of a scrape, by metric (its name without
+    the prefix); a histogram as its count and sum, without buckets and ``_created``."""
+    from prometheus_client.parser import (  # noqa: PLC0415 - the optional metrics extra
+        text_string_to_metric_families,
+    )
+
+    found: dict[str, list[Row]] = {}
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith(PREFIX):
+            continue
+        if family.type == "histogram":
+            totals: dict[tuple[tuple[str, str], ...], dict[str, float]] = {}
+            for sample in family.samples:
+                kind = sample.name.rpartition("_")[2]
+                if kind in ("count", "sum"):
+                    totals.setdefault(tuple(sorted(sample.labels.items())), {})[kind] = \
+                        sample.value
+            rows = [_row(dict(labels), f"{got['count']:g} (sum {got['sum']:.3g})")
+                    for labels, got in totals.items() if got.get("count")]
+            name = family.name
+        else:
+            rows = [_row(sample.labels, _value(sample.name, sample.value))
+                    for sample in family.samples
+                    if not sample.name.endswith("_created") and sample.value]
+            name = family.samples[0].name if family.samples else family.name
+        if rows:
+            found[name.removeprefix(PREFIX)] = sorted(rows)
+    return found
+
+
+def _row(labels: dict[str, str], value: str) -> Row:
+    others = ", ".join(f"{key}={text}" for key, text in sorted(labels.items())
+                       if key not in QUIET_LABELS)
+    return labels.get("task", ""), labels.get("policy", ""), others, value
+
+
+def _value(name: str, value: float) -> str:
+    if name.endswith("_timestamp_seconds"):
+        return datetime.fromtimestamp(value).strftime("%H:%M:%S")
+    return f"{value:g}"
+
+
+def render_samples(found: dict[str, list[Row]]) -> Iterable[str]:
+    """The rows as aligned columns under each metric's name."""
+    every = [row for rows in found.values() for row in rows]
+    task, policy = (max(len(row[column]) for row in every) for column in (0, 1))
+    for name, rows in found.items():
+        yield f"  {name}"
+        others = max(len(row[2]) for row in rows)  # lined up within one metric
+        for row in rows:
+            cells = [f"{row[0]:<{task}}", f"{row[1]:<{policy}}"] if row[0] else []
+            if others:
+                cells.append(f"{row[2]:<{others}}")
+            yield "    " + "  ".join([*cells, row[3]])
+
+
+def show_metrics(log_path: Path, events: dict[str, list[Event]]) -> list[str]:
+    """Print what the worker's metrics counted; return what disagrees with its log."""
+    print("\nMetrics: what the worker counted, read from one scrape of its /metrics")
+    scraped = scrape(log_path)
+    if scraped is None:
+        print("  UNEXPECTED: the worker did not say it serves metrics")
+        return ["the worker served no metrics"]
+    url, text = scraped
+    found = counted(text)
+    print(f"  {url}: the non-zero samples, by task and policy; histograms as their count "
+          f"(and sum)")
+    print(*render_samples(found), sep="\n")
+    # The same decisions, seen two ways: the worker's log and its counters.
+    logged = sum(kind == "retry" for task in events.values() for _, kind, _ in task)
+    retries = sum(float(row[3]) for row in found.get("retries_total", []))
+    if retries != logged:
+        message = f"the metrics count {retries:g} retries, the worker's log {logged}"
+        print(f"  UNEXPECTED: {message}")
+        return [message]
+    return []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.shop.demo",
+        description="See policies.example.yaml at work in a real Celery worker.")
+    parser.add_argument("--metrics", action="store_true",
+                        help="serve the worker's Prometheus metrics and show what they counted")
+    metrics = parser.parse_args(argv).metrics
+    if metrics:
+        try:
+            import prometheus_client  # noqa: F401, PLC0415 - only --metrics needs it
+        except ImportError:
+            print(f"--metrics needs prometheus_client: {METRICS_EXTRA}")
+            return 2
     started = time.monotonic()
     folder = Path(tempfile.mkdtemp(prefix="celery-policies-demo-"))
     broker = os.environ.get("CELERY_BROKER_URL")
@@ -315,11 +444,11 @@ def main() -> int:
     print(f"broker   {broker}\nresults  {app.conf.result_backend}")
 
     log_path = folder / "worker.log"
-    worker = start_worker(log_path)
+    worker = start_worker(log_path, metrics)
     problems = ["the worker did not start"]
     try:
         if wait_until_ready(worker, log_path):
-            problems = send_and_report(worker, log_path)
+            problems = send_and_report(worker, log_path, metrics)
     finally:
         stop_worker(worker)
     if problems == ["the worker did not start"]:
