@@ -254,6 +254,17 @@ def test_a_retry_deadline_is_its_own_reason(
                outcome="failure"): 1.0})
 
 
+def expect_doomed(scraper: Scraper, q: str) -> None:
+    """One ``metrics.doomed`` failed for good: an exception, its dead letter published."""
+    scraper.expect("metrics.doomed", {
+        series("celery_policies_final_failures_total", q, "metrics.doomed", "doomed",
+               reason="exception"): 1.0,
+        series("celery_policies_failure_routes_total", q, "metrics.doomed", "doomed",
+               route="dead_letter", outcome="published"): 1.0,
+        series("celery_policies_attempts_count", q, "metrics.doomed", "doomed",
+               outcome="failure"): 1.0})
+
+
 def test_a_plain_failure_is_an_exception_and_its_dead_letter_is_counted_published(
         client: Celery, worker: Worker, scraper: Scraper, broker: str,
         dead_letter_queue: str, key: str) -> None:
@@ -262,14 +273,7 @@ def test_a_plain_failure_is_an_exception_and_its_dead_letter_is_counted_publishe
                                        "metrics.doomed", "doomed", route="dead_letter",
                                        outcome="published") == 1)
     assert wait_for(lambda: len(of(read(broker, dead_letter_queue), result.id)) == 1, TIMEOUT)
-    q = worker.queue
-    scraper.expect("metrics.doomed", {
-        series("celery_policies_final_failures_total", q, "metrics.doomed", "doomed",
-               reason="exception"): 1.0,
-        series("celery_policies_failure_routes_total", q, "metrics.doomed", "doomed",
-               route="dead_letter", outcome="published"): 1.0,
-        series("celery_policies_attempts_count", q, "metrics.doomed", "doomed",
-               outcome="failure"): 1.0})
+    expect_doomed(scraper, worker.queue)
 
 
 def test_a_message_rejected_without_requeue_is_rejected_under_no_policy(
@@ -347,13 +351,7 @@ def test_pools_without_children_count_the_same_way(
         series("celery_policies_retry_delay_seconds_count", q, "metrics.flaky", "flaky"): 1.0,
         series("celery_policies_attempts_count", q, "metrics.flaky", "flaky",
                outcome="success"): 1.0})
-    scraper.expect("metrics.doomed", {
-        series("celery_policies_final_failures_total", q, "metrics.doomed", "doomed",
-               reason="exception"): 1.0,
-        series("celery_policies_failure_routes_total", q, "metrics.doomed", "doomed",
-               route="dead_letter", outcome="published"): 1.0,
-        series("celery_policies_attempts_count", q, "metrics.doomed", "doomed",
-               outcome="failure"): 1.0})
+    expect_doomed(scraper, q)
 
 
 # -- Sentry ----------------------------------------------------------------------------------

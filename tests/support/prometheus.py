@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.support.promql import prometheus_binary
 
 #: Seconds between two scrapes of a target (Prometheus's scrape_interval).
 SCRAPE_INTERVAL = 1.0
@@ -39,15 +39,8 @@ Jobs = Mapping[str, Sequence[str]]
 
 
 def binary() -> str:
-    """The ``prometheus`` executable; skip with one line when it is missing (under CI=true,
-    fail instead, as tests/support/workers.py ``require`` does for brokers)."""
-    found = shutil.which("prometheus")
-    if found:
-        return found
-    message = "the prometheus binary is not installed (Debian: apt-get install prometheus)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message} (CI=true: the Prometheus tests must run)", pytrace=False)
-    pytest.skip(message)
+    """The ``prometheus`` executable (``prometheus_binary``: skipped or failed when missing)."""
+    return prometheus_binary("prometheus")
 
 
 def free_port() -> int:

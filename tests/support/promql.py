@@ -63,15 +63,22 @@ def unknown_metrics(expr: str) -> set[str]:
     return metric_names(expr) - EXPORTED
 
 
-def promtool() -> str:
-    """promtool's path. When it is not installed: skip with one line; under CI=true, fail."""
-    path = shutil.which("promtool")
+def prometheus_binary(name: str) -> str:
+    """The path of ``name``, one of the executables of Debian's prometheus package. When it is
+    not installed: skip with one line; under CI=true, fail (as tests/support/workers.py
+    ``require`` does for brokers)."""
+    path = shutil.which(name)
     if path:
         return path
-    message = "promtool is not on PATH (Debian: apt-get install prometheus)"
+    message = f"{name} is not on PATH (Debian: apt-get install prometheus)"
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{message} (CI=true: the promtool checks must run)", pytrace=False)
+        pytest.fail(f"{message} (CI=true: the Prometheus tests must run)", pytrace=False)
     pytest.skip(message)
+
+
+def promtool() -> str:
+    """promtool's path (``prometheus_binary``)."""
+    return prometheus_binary("promtool")
 
 
 def run_promtool(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
