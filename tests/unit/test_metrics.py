@@ -4,6 +4,7 @@ environment, in that order. Counting in a real worker: tests/integration/test_me
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
 import sys
@@ -300,6 +301,10 @@ def test_the_server_answers_with_the_registrys_text_as_format_0_0_4() -> None:
             assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
             body = response.read()
         assert body == metrics.registry.render()
+        asked = urllib.request.Request(server.url, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(asked, timeout=10) as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(response.read()) == body
         with pytest.raises(MetricsConfigError, match=f"port {server.port}"):
             MetricsServer(metrics.registry, Endpoint("127.0.0.1", server.port))
     finally:
