@@ -107,7 +107,7 @@ def _value(value: float) -> str:
 
 def _selector(labels: tuple[str, ...], values: tuple[str, ...]) -> str:
     """``{name="value",...}`` with every value escaped: task and exception names are anyone's
-    text. Worked out once per series and kept (``_Family.prefix``)."""
+    text. Worked out once per series and kept (``_Family._shown``)."""
     pairs = ",".join(f'{name}="{str(value).translate(_LABEL_ESCAPES)}"'
                      for name, value in zip(labels, values, strict=True))
     return "{" + pairs + "}" if pairs else ""
