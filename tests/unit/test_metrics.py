@@ -223,7 +223,7 @@ def sample_set(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]
 
 
 #: Text no label may break: the exposition's own escapes, its delimiters, and more.
-HOSTILE = 'a\\b"c\nd}e,f=g{h\\n\\"\r\tünï €—' + '"} 1\nfake_metric 2\n#'
+HOSTILE = '%d %s %% a\\b"c\nd}e,f=g{h\\n\\"\r\tünï €—' + '"} 1\nfake_metric 2\n#'
 
 #: Events that fill a registry: each is a ``WorkerMetrics`` method and its arguments.
 _labels = st.tuples(st.sampled_from(("proj.a", "proj.b", HOSTILE)),

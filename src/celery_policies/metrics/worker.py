@@ -21,6 +21,7 @@ import math
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
+from itertools import accumulate
 from typing import Any
 
 from ..errors import PolicyError
@@ -129,6 +130,7 @@ class _Family:
         self.series: dict[tuple[str, ...], Any] = {}
         self.changes = 0
         self.lock = threading.Lock()
+        self._rendering = threading.Lock()
         self._shown: dict[tuple[str, ...], Any] = {}
         self._text: tuple[int, bytes] = (-1, b"")
         self._head = (f"# HELP {metric.name} {metric.help.translate(_HELP_ESCAPES)}\n"
@@ -140,17 +142,19 @@ class _Family:
             self.changes += 1
 
     def text(self) -> bytes:
-        with self.lock:
-            changes = self.changes
-            if self._text[0] == changes:
-                return self._text[1]
-            items = self._copy()
-        out = [self._head]
-        self._render(items, out)
-        text = "".join(out).encode()
-        # Two scrapes at once may both render: each keeps a text true of the count beside it.
-        self._text = (changes, text)
-        return text
+        # Scrapes at once render a family one after the other (what is kept is theirs);
+        # counting only ever waits for the copy.
+        with self._rendering:
+            with self.lock:
+                changes = self.changes
+                if self._text[0] == changes:
+                    return self._text[1]
+                items = self._copy()
+            out = [self._head]
+            self._render(items, out)
+            text = "".join(out).encode()
+            self._text = (changes, text)
+            return text
 
     def _copy(self) -> list[tuple[tuple[str, ...], Any]]:
         return list(self.series.items())
@@ -171,19 +175,33 @@ class _Family:
 
 
 class _Counter(_Family):
+    def __init__(self, metric: names.Metric) -> None:
+        super().__init__(metric)
+        self._lines: list[str] = []
+        self._template = ""
+
     def inc(self, key: tuple[str, ...]) -> None:
         with self.lock:
             self.series[key] = self.series.get(key, 0) + 1
             self.changes += 1
 
-    @staticmethod
-    def _number(value: Any) -> str:
-        return str(value)  # a whole number: no float to format
+    def _render(self, items: list[tuple[tuple[str, ...], Any]], out: list[str]) -> None:
+        # The family's text is one template, a ``%d`` per series, filled in one operation:
+        # a counter's series are never removed, so they come in the order they were first
+        # counted, and a scrape adds to the template only the series new since the last.
+        lines = self._lines
+        if len(items) > len(lines):
+            name, labels = self.metric.name, self.metric.labels
+            lines.extend(f"{name}{_selector(labels, key)} ".replace("%", "%%") + "%d\n"
+                         for key, _ in items[len(lines):])
+            self._template = "".join(lines)
+        out.append(self._template % tuple(count for _, count in items))
 
 
 class _Histogram(_Family):
     """A series is ``[count in bucket 0, ..., count in +Inf, sum]``: counts per bucket, not
-    cumulative, so that an observation adds to one bucket; a scrape adds them up."""
+    cumulative, so that an observation adds to one bucket; a scrape adds them up. Its text
+    is kept with the state it shows."""
 
     def __init__(self, metric: names.Metric, bounds: tuple[float, ...]) -> None:
         super().__init__(metric)
@@ -211,24 +229,21 @@ class _Histogram(_Family):
             if known is not None and known[0] == state:
                 out.append(known[1])
                 continue
-            buckets, count, total = (known[2] if known is not None
-                                     else self._prefixes(key))
-            seen = 0
-            lines = []
-            for prefix, number in zip(buckets, state, strict=False):
-                seen += number
-                lines.append(f"{prefix}{seen}\n")
-            lines.append(f"{count}{seen}\n{total}{_value(state[-1])}\n")
-            text = "".join(lines)
-            shown[key] = (state, text, (buckets, count, total))
+            template = known[2] if known is not None else self._template(key)
+            counts = list(accumulate(state[:-1]))
+            text = template % (*counts, counts[-1], _value(state[-1]))
+            shown[key] = (state, text, template)
             out.append(text)
 
-    def _prefixes(self, key: tuple[str, ...]) -> tuple[list[str], str, str]:
+    def _template(self, key: tuple[str, ...]) -> str:
+        """The series' lines with ``%d`` for each count and ``%s`` for the sum: formatting
+        them is one operation, not a dozen."""
         name = self.metric.name
-        selector = _selector(self.metric.labels, key)
+        selector = _selector(self.metric.labels, key).replace("%", "%%")
         inner = selector[1:-1] + ","
-        buckets = [f'{name}_bucket{{{inner}le="{_value(bound)}"}} ' for bound in self.bounds]
-        return buckets, f"{name}_count{selector} ", f"{name}_sum{selector} "
+        lines = [f'{name}_bucket{{{inner}le="{_value(bound)}"}} %d\n' for bound in self.bounds]
+        lines.append(f"{name}_count{selector} %d\n{name}_sum{selector} %s\n")
+        return "".join(lines)
 
 
 class Registry:
