@@ -4,8 +4,11 @@ environment, in that order. Counting in a real worker: tests/integration/test_me
 
 from __future__ import annotations
 
+import gzip
 import logging
+import math
 import sys
+import urllib.request
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +19,8 @@ from billiard.einfo import ExceptionInfo
 from celery import Celery
 from celery.exceptions import Retry
 from celery.utils.serialization import UnpickleableExceptionWrapper
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_policies.guard import GUARD_FORMAT
@@ -44,6 +49,7 @@ from celery_policies.worker.serving import (
     PORT_OPTION,
     Endpoint,
     MetricsConfigError,
+    MetricsServer,
     endpoint,
     url,
 )
@@ -55,7 +61,7 @@ TASK = ("proj.task", "policy", "queue")
 
 def samples(metrics: WorkerMetrics) -> dict[str, list[Any]]:
     """Every sample of the registry, by metric family name (as a scrape shows them)."""
-    text = prometheus_client.generate_latest(metrics.registry).decode()
+    text = metrics.registry.render().decode()
     return {family.name: family.samples for family in text_string_to_metric_families(text)}
 
 
@@ -142,6 +148,167 @@ def test_a_flood_of_exception_names_leaves_at_most_the_cap_plus_other_series() -
 
 def test_an_exception_name_of_any_length_is_cut_to_a_bounded_label() -> None:
     assert len(ExceptionNames().label("x" * 10_000)) == 200
+
+
+# -- the exposition ---------------------------------------------------------------------------
+class PrometheusClientMetrics:
+    """The same metrics on prometheus_client's own objects: what a worker served before it
+    rendered its own text, and what that text must equal, sample for sample."""
+
+    def __init__(self, max_exception_names: int = names.MAX_EXCEPTION_NAMES) -> None:
+        self.registry = prometheus_client.CollectorRegistry()
+        self.exceptions = ExceptionNames(max_exception_names)
+        buckets = {"celery_policies_retry_delay_seconds": names.DELAY_BUCKETS,
+                   "celery_policies_attempts": names.ATTEMPT_BUCKETS}
+        self.made: dict[str, Any] = {}
+        for metric in names.WORKER_METRICS:
+            if metric.kind == "counter":
+                made = prometheus_client.Counter(metric.name, metric.help, metric.labels,
+                                                 registry=self.registry)
+            elif metric.kind == "histogram":
+                made = prometheus_client.Histogram(metric.name, metric.help, metric.labels,
+                                                   registry=self.registry,
+                                                   buckets=buckets[metric.name])
+            else:
+                made = prometheus_client.Gauge(metric.name, metric.help, metric.labels,
+                                               registry=self.registry)
+            self.made[metric.name.removeprefix(names.PREFIX)] = made
+        self.sentry: Callable[[], Any] = dict
+
+    def count_sentry(self, read: Callable[[], Any]) -> None:
+        self.sentry = read
+
+    def loaded(self, *labels: str) -> None:
+        self.made["info"].clear()
+        self.made["info"].labels(*labels[:4]).set(1)
+        self.made["loaded_timestamp_seconds"].set(labels[4])
+
+    def retried(self, task: tuple[str, str, str], exception: str, delay: float | None) -> None:
+        self.made["retries_total"].labels(*task, self.exceptions.label(exception)).inc()
+        if delay is not None:
+            self.made["retry_delay_seconds"].labels(*task).observe(max(delay, 0.0))
+
+    def failed(self, task: tuple[str, str, str], reason: str, attempts: int) -> None:
+        self.made["final_failures_total"].labels(*task, reason).inc()
+        self.made["attempts"].labels(*task, "failure").observe(attempts)
+
+    def succeeded(self, task: tuple[str, str, str], attempts: int) -> None:
+        self.made["attempts"].labels(*task, "success").observe(attempts)
+
+    def routed(self, task: tuple[str, str, str], route: str, outcome: str) -> None:
+        self.made["failure_routes_total"].labels(*task, route, outcome).inc()
+
+    def redelivered(self, task: tuple[str, str, str]) -> None:
+        self.made["redeliveries_total"].labels(*task).inc()
+
+    def cap_reached(self, task: tuple[str, str, str]) -> None:
+        self.made["redelivery_cap_reached_total"].labels(*task).inc()
+
+    def timed_out(self, task: tuple[str, str, str], kind: str) -> None:
+        self.made["time_limits_total"].labels(*task, kind).inc()
+
+    def text(self) -> str:
+        counts = self.sentry()
+        for outcome in names.SENTRY_OUTCOMES:  # the old collector: every outcome, read now
+            self.made["sentry_events_total"].labels(outcome)._value.set(counts.get(outcome, 0))
+        return prometheus_client.generate_latest(self.registry).decode()
+
+
+def sample_set(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+    """Every sample of an exposition, parsed by prometheus_client, without ``_created``
+    (which the worker's own text leaves out, docs/metrics.md)."""
+    return {(sample.name, tuple(sorted(sample.labels.items())), sample.value)
+            for family in text_string_to_metric_families(text) for sample in family.samples
+            if not sample.name.endswith("_created")}
+
+
+#: Text no label may break: the exposition's own escapes, its delimiters, and more.
+HOSTILE = '%d %s %% a\\b"c\nd}e,f=g{h\\n\\"\r\tünï €—' + '"} 1\nfake_metric 2\n#'
+
+#: Events that fill a registry: each is a ``WorkerMetrics`` method and its arguments.
+_labels = st.tuples(st.sampled_from(("proj.a", "proj.b", HOSTILE)),
+                    st.sampled_from(("p", names.NO_POLICY)), st.sampled_from(("q", "other")))
+_events = st.lists(st.one_of(
+    st.tuples(st.just("retried"), _labels, st.sampled_from(("E1", "mod.E2", HOSTILE, "E4")),
+              st.one_of(st.none(), st.floats(-5, 5000, allow_nan=False), st.just(math.inf))),
+    st.tuples(st.just("failed"), _labels, st.sampled_from(names.FINAL_REASONS),
+              st.integers(1, 60)),
+    st.tuples(st.just("succeeded"), _labels, st.integers(1, 60)),
+    st.tuples(st.just("routed"), _labels, st.sampled_from(names.ROUTES),
+              st.sampled_from(names.ROUTE_OUTCOMES)),
+    st.tuples(st.just("redelivered"), _labels),
+    st.tuples(st.just("cap_reached"), _labels),
+    st.tuples(st.just("timed_out"), _labels, st.sampled_from(names.TIME_LIMIT_KINDS)),
+    st.tuples(st.just("loaded"), st.sampled_from(("fp1", HOSTILE)), st.just("f.yaml"),
+              st.just("1.0"), st.just("5.7.0"), st.floats(0, 2e9, allow_nan=False))),
+    max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches=st.lists(_events, min_size=1, max_size=4))
+def test_the_exposition_equals_prometheus_clients_sample_for_sample(
+        batches: list[list[tuple[Any, ...]]]) -> None:
+    """Filled by the same events, the worker's text and prometheus_client's parse to the
+    same samples, at every scrape: a scrape after more counting shows all of it, though the
+    text of unchanged series and families is kept from the scrape before."""
+    ours, theirs = WorkerMetrics(max_exception_names=3), PrometheusClientMetrics(3)
+    sentry = {"sent": 0}
+    ours.count_sentry(lambda: sentry)
+    theirs.count_sentry(lambda: sentry)
+    for batch in batches:
+        for method, *args in batch:
+            getattr(ours, method)(*args)
+            getattr(theirs, method)(*args)
+        sentry["sent"] += 1
+        assert sample_set(ours.registry.render().decode()) == sample_set(theirs.text())
+
+
+def test_hostile_label_values_parse_back_exactly_as_counted() -> None:
+    """A task or exception name holding the exposition's escapes, quotes, newlines and a
+    forged sample stays one label value, which prometheus_client's parser gives back as it
+    was; no sample is added."""
+    metrics = WorkerMetrics()
+    task = (HOSTILE, "policy", "queue")
+    metrics.retried(task, HOSTILE, 2.0)
+    metrics.loaded(HOSTILE, HOSTILE, "1.0", "5.7.0", 1.0)
+    exported = samples(metrics)
+    retries = exported["celery_policies_retries"]
+    assert [(s.labels["task"], s.labels["exception"]) for s in retries] == [(HOSTILE, HOSTILE)]
+    buckets = [s for s in exported["celery_policies_retry_delay_seconds"]
+               if s.name.endswith("_bucket")]
+    assert {s.labels["task"] for s in buckets} == {HOSTILE}
+    assert len(buckets) == len(names.DELAY_BUCKETS) + 1
+    info = exported["celery_policies_info"]
+    assert [(s.labels["fingerprint"], s.labels["file"]) for s in info] == [(HOSTILE, HOSTILE)]
+    assert "fake_metric" not in exported
+
+
+def test_a_delay_that_is_not_a_number_counts_the_retry_and_no_delay() -> None:
+    """No bucket holds a NaN, and a NaN sum would stay NaN for good."""
+    metrics = WorkerMetrics()
+    metrics.retried(TASK, "E", math.nan)
+    exported = samples(metrics)
+    assert [s.value for s in exported["celery_policies_retries"]] == [1.0]
+    assert exported["celery_policies_retry_delay_seconds"] == []
+
+
+def test_the_server_answers_with_the_registrys_text_as_format_0_0_4() -> None:
+    metrics = WorkerMetrics()
+    every_event(metrics)
+    server = MetricsServer(metrics.registry, Endpoint("127.0.0.1", 0))
+    try:
+        with urllib.request.urlopen(server.url, timeout=10) as response:
+            assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+            body = response.read()
+        assert body == metrics.registry.render()
+        asked = urllib.request.Request(server.url, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(asked, timeout=10) as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(response.read()) == body
+        with pytest.raises(MetricsConfigError, match=f"port {server.port}"):
+            MetricsServer(metrics.registry, Endpoint("127.0.0.1", server.port))
+    finally:
+        server.close()
 
 
 def test_without_prometheus_client_the_error_says_what_to_install(
