@@ -27,9 +27,7 @@ from celery_policies.guard import GUARD_FORMAT
 from celery_policies.headers import REDELIVERIES_HEADER
 from celery_policies.metrics import names
 from celery_policies.metrics.worker import (
-    INSTALL_HINT,
     ExceptionNames,
-    MetricsUnavailable,
     WorkerMetrics,
 )
 from celery_policies.sentry.budget import OUTCOMES, EventBudget
@@ -311,11 +309,13 @@ def test_the_server_answers_with_the_registrys_text_as_format_0_0_4() -> None:
         server.close()
 
 
-def test_without_prometheus_client_the_error_says_what_to_install(
+def test_a_worker_counts_and_renders_without_prometheus_client(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's exposition is its own: only the exporter needs the ``metrics`` extra."""
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
-    with pytest.raises(MetricsUnavailable, match=INSTALL_HINT.replace("[", r"\[")):
-        WorkerMetrics()
+    metrics = WorkerMetrics()
+    metrics.timed_out(("t", "p", "q"), "soft")
+    assert 'kind="soft"} 1\n' in metrics.registry.render().decode()
 
 
 def test_the_sentry_budget_counts_the_outcomes_of_names_py() -> None:

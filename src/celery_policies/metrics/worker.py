@@ -10,9 +10,8 @@ file, a queue from the queues the worker consumes (else ``OTHER_QUEUE``), an exc
 from the first ``max_exception_names`` distinct ones seen (else ``names.OTHER_EXCEPTION``).
 No argument and no exception message ever becomes a label.
 
-prometheus_client is imported only here, and only when metrics are turned on. The worker's
-exposition does not use it (``Registry``): its per-sample objects made a scrape of a large
-worker take a second.
+The worker renders its exposition itself (``Registry``) and needs no prometheus_client:
+that library's per-sample objects made a scrape of a large worker take a second.
 """
 
 from __future__ import annotations
@@ -24,11 +23,8 @@ from collections.abc import Callable, Mapping
 from itertools import accumulate
 from typing import Any
 
-from ..errors import PolicyError
 from . import names
 
-#: How to get prometheus_client, for the error that says it is missing.
-INSTALL_HINT = "pip install 'celery-policies[metrics]'"
 #: The ``queue`` label of a message that came from a queue the worker does not consume
 #: (another binding's routing key, a queue added later by ``add_consumer``).
 OTHER_QUEUE = "other"
@@ -49,21 +45,6 @@ RETRY_DELAY = names.PREFIX + "retry_delay_seconds"
 ATTEMPTS = names.PREFIX + "attempts"
 INFO = names.PREFIX + "info"
 LOADED = names.PREFIX + "loaded_timestamp_seconds"
-
-class MetricsUnavailable(PolicyError):
-    """Metrics were asked for, and prometheus_client is not installed."""
-
-
-def prometheus() -> Any:
-    """prometheus_client, or ``MetricsUnavailable`` saying how to install it."""
-    try:
-        import prometheus_client  # noqa: PLC0415 - the optional ``metrics`` extra
-        import prometheus_client.core  # noqa: PLC0415 - its metric families, for collectors
-    except ImportError as exc:
-        raise MetricsUnavailable(f"metrics need prometheus_client, which is not installed "
-                                 f"({INSTALL_HINT})") from exc
-    return prometheus_client
-
 
 class ExceptionNames:
     """The ``exception`` label: the first ``limit`` distinct names seen keep their own value,
@@ -282,9 +263,6 @@ class WorkerMetrics:
     """One worker's metrics, on a ``Registry`` of their own (``registry``)."""
 
     def __init__(self, max_exception_names: int = names.MAX_EXCEPTION_NAMES) -> None:
-        # The worker's exposition is its own (``Registry``), but metrics stay behind the one
-        # switch users know, the ``metrics`` extra, which the dead-letter exporter needs.
-        prometheus()
         self.registry = Registry()
         self.exceptions = ExceptionNames(max_exception_names)
         self._retries = _Counter(names.METRICS[RETRIES])
