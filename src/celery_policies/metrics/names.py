@@ -3,8 +3,8 @@ counters, the dead-letter exporter, the shipped Grafana dashboard and the Promet
 rules are checked against (docs/metrics.md describes each one).
 
 Names follow Prometheus's conventions: ``_total`` on counters, base units (seconds) in the
-name. prometheus_client adds ``_bucket``/``_sum``/``_count`` to histograms and ``_created``
-samples to counters and histograms.
+name. A histogram is served as ``_bucket``/``_sum``/``_count`` samples; the exporter's
+counter, served by prometheus_client, also has a ``_created`` sample.
 """
 
 from __future__ import annotations
