@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from celery_policies.guard import GUARD_FORMAT
+from celery_policies.guard import CARRY_ON, GUARD_FORMAT
 from celery_policies.headers import REDELIVERIES_HEADER
 from celery_policies.metrics import names
 from celery_policies.metrics.worker import (
@@ -502,6 +502,33 @@ def test_celerys_own_request_class_is_counted_on_success() -> None:
     successes.clear()
     assert request.on_success((True, None, 0.1)) == "celery"  # a failure: on_failure counts
     assert successes == []
+
+
+def test_a_counting_fault_on_success_is_logged_once_and_leaves_celerys_result(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The guard of a success is set up only when counting fails: the fault is still logged,
+    with the request it was about, and never reaches Celery."""
+
+    class Broken(Counting):
+        def succeeded(self, request: Any, policy: str) -> None:
+            raise RuntimeError("counting broke")
+
+    counting = Broken(Celery("metrics", set_as_current=False), WorkerMetrics())
+    base = counted_request_class("celery.worker.request:Request", counting, None)
+
+    class Built(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            self.name, self.id = "proj.task", "0f0f"
+
+        def on_success(self, failed__retval__runtime: Any, **kwargs: Any) -> str:
+            return "celery"
+
+    with caplog.at_level(logging.ERROR, logger="celery_policies"):
+        assert Built().on_success((False, "ok", 0.1)) == "celery"
+    assert [r.getMessage() for r in caplog.records] == [
+        GUARD_FORMAT % ("count the success of proj.task[0f0f]",
+                        RuntimeError("counting broke"), CARRY_ON)]
+    assert caplog.records[0].exc_info is not None
 
 
 class Unpicklable(Exception):

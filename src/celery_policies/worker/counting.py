@@ -211,8 +211,14 @@ def _counting_success(on_success: Callable[..., Any], counting: Counting,
     def counted(self: Any, failed__retval__runtime: Any, **kwargs: Any) -> Any:
         result = on_success(self, failed__retval__runtime, **kwargs)
         if not failed__retval__runtime[0]:
-            with guard(f"count the success of {self.name}[{self.id}]"):
+            # Every task that succeeds comes through here, in the main process that also
+            # receives and acknowledges every message: the guard's description of the
+            # request is built only when counting has failed.
+            try:
                 counting.succeeded(self, label)
+            except Exception:
+                with guard(f"count the success of {self.name}[{self.id}]"):
+                    raise
         return result
 
     return counted
