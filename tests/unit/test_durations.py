@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,6 +12,7 @@ from celery_policies.spec.durations import (
     MAX_DURATION_SECONDS,
     format_duration,
     parse_duration,
+    seconds_until,
 )
 
 
@@ -60,3 +63,11 @@ def test_the_upper_bound_itself_is_accepted() -> None:
 def test_refuses_infinity_and_nan_as_numbers(value: object) -> None:
     with pytest.raises(ValueError, match=r"expected a duration like|more than zero|at most 365d"):
         parse_duration(value)
+
+
+def test_delays_come_from_countdowns_and_etas() -> None:
+    assert seconds_until(2) == 2.0
+    assert seconds_until(None) is None
+    eta = datetime.now(timezone.utc) + timedelta(seconds=30)
+    assert 29 < (seconds_until(eta.isoformat()) or 0) <= 30
+    assert 29 < (seconds_until(eta.replace(tzinfo=None)) or 0) <= 30

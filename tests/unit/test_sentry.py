@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -25,7 +25,6 @@ from celery_policies.sentry.reporter import (
     SCREENED_HOOKS,
     SentryReporter,
     _breadcrumbs,
-    _delay,
     _install_screens,
     _queues_collected,
     _screen,
@@ -357,14 +356,6 @@ def test_a_running_tasks_arguments_are_removed_from_any_text_of_any_item() -> No
         _searched.reset(token)
     assert "s3cret-value" not in repr((event, crumb, log))
     assert crumb["message"] == f"got {NOT_SENT}"
-
-
-def test_delays_come_from_countdowns_and_etas() -> None:
-    assert _delay(2) == 2.0
-    assert _delay(None) is None
-    eta = datetime.now(timezone.utc) + timedelta(seconds=30)
-    assert 29 < (_delay(eta.isoformat()) or 0) <= 30
-    assert 29 < (_delay(eta.replace(tzinfo=None)) or 0) <= 30
 
 
 def test_each_earlier_retry_becomes_a_breadcrumb() -> None:

@@ -60,6 +60,7 @@ from ..guard import guard
 from ..headers import GAVE_UP_ATTR, RETRY_HISTORY_HEADER
 from ..logs import EXHAUSTED_FORMAT, GIVE_UP_LOGGER, REDO_FORMAT, REDO_LOGGER, REDO_MARK
 from ..redelivery import RedeliveriesExhausted
+from ..spec.durations import seconds_until
 from ..spec.exception_refs import exception_name
 from .budget import EventBudget
 from .screening import in_publishing_routes
@@ -290,7 +291,7 @@ class SentryReporter:
                 return
             retry = int(request.retries or 0) + 1
             when = getattr(reason, "when", None)
-            delay = _delay(when)
+            delay = seconds_until(when)
             self._capture(sender.name, request.id, _facts(self.app, request), exc,
                           (type(exc), exc, exc.__traceback__), None, None,
                           fingerprint=fingerprint, held=held, retry=(retry, delay))
@@ -308,7 +309,8 @@ class SentryReporter:
             if retry != int(task.request.retries or 0) + 1:
                 return
             exc = sys.exc_info()[1]
-            entry = {"retry": retry, "delay": round(_delay(headers.get("eta")) or 0.0, 2),
+            delay = seconds_until(headers.get("eta")) or 0.0
+            entry = {"retry": retry, "delay": round(delay, 2),
                      "exception": exception_name(type(exc)) if exc else None,
                      "message": str(exc)[:HISTORY_MESSAGE_LIMIT] if exc else None,
                      "at": round(time.time(), 3)}
@@ -461,18 +463,6 @@ def _breadcrumbs(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _queues(routes: list[tuple[str, str]]) -> str:
     queues = [target for kind, target in routes if kind == "dead_letter"]
     return ",".join(queues) or "none"
-
-
-def _delay(when: object) -> float | None:
-    """Seconds until ``when``: a countdown, a datetime or an ISO 8601 ETA."""
-    if isinstance(when, int | float):
-        return float(when)  # a countdown
-    eta = datetime.fromisoformat(when) if isinstance(when, str) else when
-    if not isinstance(eta, datetime):
-        return None
-    if eta.tzinfo is None:
-        eta = eta.replace(tzinfo=timezone.utc)
-    return max(0.0, (eta - datetime.now(timezone.utc)).total_seconds())
 
 
 def _install_screens(options: dict[str, Any], include_args: bool) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import datetime, timezone
 
 #: Seconds per unit suffix.
 UNITS: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -86,3 +87,16 @@ def format_duration(seconds: float) -> str:
         if count:
             out.append(f"{count}{unit}")
     return "".join(out)
+
+
+def seconds_until(when: object) -> float | None:
+    """Seconds until ``when``: a countdown, a datetime or an ISO 8601 ETA, as a retry's
+    ``Retry.when`` or a message's ``eta`` header gives it; None for anything else."""
+    if isinstance(when, int | float):
+        return float(when)  # a countdown
+    eta = datetime.fromisoformat(when) if isinstance(when, str) else when
+    if not isinstance(eta, datetime):
+        return None
+    if eta.tzinfo is None:
+        eta = eta.replace(tzinfo=timezone.utc)
+    return max(0.0, (eta - datetime.now(timezone.utc)).total_seconds())

@@ -35,7 +35,7 @@ from ..metrics.names import NO_POLICY
 from ..metrics.worker import OTHER_QUEUE, TaskLabels, WorkerMetrics
 from ..policy import TaskPolicy
 from ..redelivery import RedeliveriesExhausted
-from ..sentry.reporter import _delay as delay  # one reading of Retry.when, the breadcrumbs'
+from ..spec.durations import seconds_until
 from ..spec.exception_refs import exception_name
 from .redeliveries import lost
 from .routes import final_reason
@@ -82,7 +82,7 @@ class Counting:
 
     def retried(self, request: Any, policy: str, retry: Retry) -> None:
         self.metrics.retried(self.labels(request, policy), retried_name(retry),
-                             delay(retry.when))
+                             seconds_until(retry.when))
 
     def failed(self, request: Any, policy: str, exc: BaseException) -> None:
         """``on_failure``: a final failure, or a lost process that Celery requeues."""
