@@ -73,8 +73,11 @@ class Scraper:
         assert self.moved(task) == expected
 
 
-def series(name: str, queue: str, task: str, policy: str, **labels: str
-           ) -> tuple[str, frozenset[tuple[str, str]]]:
+#: One sample: its name and its labels.
+Series = tuple[str, frozenset[tuple[str, str]]]
+
+
+def series(name: str, queue: str, task: str, policy: str, **labels: str) -> Series:
     return name, frozenset({"task": task, "policy": policy, "queue": queue, **labels}.items())
 
 
@@ -202,6 +205,12 @@ def test_retries_then_success_count_each_retry_its_delay_and_the_attempts(
                          outcome="success") == 3.0
 
 
+def failed_for_good(q: str, task: str, policy: str, reason: str) -> dict[Series, float]:
+    """The series of one final failure: its reason, and the attempts of a failed task."""
+    return {series("celery_policies_final_failures_total", q, task, policy, reason=reason): 1.0,
+            series("celery_policies_attempts_count", q, task, policy, outcome="failure"): 1.0}
+
+
 def final_failure(client: Celery, worker: Worker, scraper: Scraper, task: str, policy: str,
                   reason: str, *args: Any) -> None:
     send(client, worker, task, *args)
@@ -217,10 +226,7 @@ def test_max_retries_reached_is_its_own_reason(
         series("celery_policies_retries_total", q, "metrics.flaky", "flaky",
                exception=FLAKY): 2.0,
         series("celery_policies_retry_delay_seconds_count", q, "metrics.flaky", "flaky"): 2.0,
-        series("celery_policies_final_failures_total", q, "metrics.flaky", "flaky",
-               reason="max_retries"): 1.0,
-        series("celery_policies_attempts_count", q, "metrics.flaky", "flaky",
-               outcome="failure"): 1.0})
+        **failed_for_good(q, "metrics.flaky", "flaky", "max_retries")})
     assert scraper.delta("celery_policies_attempts_sum", "metrics.flaky", "flaky",
                          outcome="failure") == 3.0
 
@@ -231,10 +237,7 @@ def test_an_exception_the_policy_does_not_retry_is_not_retryable(
                   key, 1, "Fatal")
     q = worker.queue
     scraper.expect("metrics.flaky", {
-        series("celery_policies_final_failures_total", q, "metrics.flaky", "flaky",
-               reason="not_retryable"): 1.0,
-        series("celery_policies_attempts_count", q, "metrics.flaky", "flaky",
-               outcome="failure"): 1.0})
+        **failed_for_good(q, "metrics.flaky", "flaky", "not_retryable")})
 
 
 def test_a_retry_deadline_is_its_own_reason(
@@ -248,10 +251,7 @@ def test_a_retry_deadline_is_its_own_reason(
                exception=FLAKY): runs - 1,
         series("celery_policies_retry_delay_seconds_count", q, "metrics.deadline",
                "deadline"): runs - 1,
-        series("celery_policies_final_failures_total", q, "metrics.deadline", "deadline",
-               reason="deadline"): 1.0,
-        series("celery_policies_attempts_count", q, "metrics.deadline", "deadline",
-               outcome="failure"): 1.0})
+        **failed_for_good(q, "metrics.deadline", "deadline", "deadline")})
 
 
 def expect_doomed(scraper: Scraper, q: str) -> None:
@@ -281,10 +281,7 @@ def test_a_message_rejected_without_requeue_is_rejected_under_no_policy(
     final_failure(client, worker, scraper, "metrics.rejected", "none", "rejected", key)
     q = worker.queue
     scraper.expect("metrics.rejected", {
-        series("celery_policies_final_failures_total", q, "metrics.rejected", "none",
-               reason="rejected"): 1.0,
-        series("celery_policies_attempts_count", q, "metrics.rejected", "none",
-               outcome="failure"): 1.0})
+        **failed_for_good(q, "metrics.rejected", "none", "rejected")})
 
 
 def test_a_soft_time_limit_that_ends_the_task_counts_soft_and_a_time_limit_failure(
@@ -322,10 +319,7 @@ def test_a_task_that_kills_its_process_counts_each_redelivery_and_the_cap(
     scraper.expect("metrics.lost", {
         series("celery_policies_redeliveries_total", q, "metrics.lost", "lost"): 2.0,
         series("celery_policies_redelivery_cap_reached_total", q, "metrics.lost", "lost"): 1.0,
-        series("celery_policies_final_failures_total", q, "metrics.lost", "lost",
-               reason="worker_lost"): 1.0,
-        series("celery_policies_attempts_count", q, "metrics.lost", "lost",
-               outcome="failure"): 1.0})
+        **failed_for_good(q, "metrics.lost", "lost", "worker_lost")})
     assert scraper.delta("celery_policies_attempts_sum", "metrics.lost", "lost",
                          outcome="failure") == 3.0
 

@@ -477,16 +477,9 @@ def test_a_counting_fault_leaves_the_failure_to_celery_with_the_real_exception(
     assert [r.msg for r in caplog.records] == [GUARD_FORMAT]
 
 
-def test_celerys_own_request_class_is_counted_on_success() -> None:
-    """Celery builds a subclass of the task's request class per task whose on_success never
-    calls its base's (create_request_cls): the counting class wraps that subclass's."""
-    successes: list[Any] = []
-
-    class Told(Counting):
-        def succeeded(self, request: Any, policy: str) -> None:
-            successes.append((request, policy))
-
-    counting = Told(Celery("metrics", set_as_current=False), WorkerMetrics())
+def built_request(counting: Counting) -> Any:
+    """A request of proj.task[0f0f] whose class is built as Celery's create_request_cls
+    builds one (its own on_success, never calling its base's) over the counting class."""
     base = counted_request_class("celery.worker.request:Request", counting, None)
 
     class Built(base):  # type: ignore[misc, valid-type]
@@ -496,7 +489,19 @@ def test_celerys_own_request_class_is_counted_on_success() -> None:
         def on_success(self, failed__retval__runtime: Any, **kwargs: Any) -> str:
             return "celery"
 
-    request = Built()
+    return Built()
+
+
+def test_celerys_own_request_class_is_counted_on_success() -> None:
+    """Celery builds a subclass of the task's request class per task whose on_success never
+    calls its base's (create_request_cls): the counting class wraps that subclass's."""
+    successes: list[Any] = []
+
+    class Told(Counting):
+        def succeeded(self, request: Any, policy: str) -> None:
+            successes.append((request, policy))
+
+    request = built_request(Told(Celery("metrics", set_as_current=False), WorkerMetrics()))
     assert request.on_success((False, "ok", 0.1)) == "celery"
     assert successes == [(request, names.NO_POLICY)]
     successes.clear()
@@ -513,18 +518,9 @@ def test_a_counting_fault_on_success_is_logged_once_and_leaves_celerys_result(
         def succeeded(self, request: Any, policy: str) -> None:
             raise RuntimeError("counting broke")
 
-    counting = Broken(Celery("metrics", set_as_current=False), WorkerMetrics())
-    base = counted_request_class("celery.worker.request:Request", counting, None)
-
-    class Built(base):  # type: ignore[misc, valid-type]
-        def __init__(self) -> None:
-            self.name, self.id = "proj.task", "0f0f"
-
-        def on_success(self, failed__retval__runtime: Any, **kwargs: Any) -> str:
-            return "celery"
-
+    request = built_request(Broken(Celery("metrics", set_as_current=False), WorkerMetrics()))
     with caplog.at_level(logging.ERROR, logger="celery_policies"):
-        assert Built().on_success((False, "ok", 0.1)) == "celery"
+        assert request.on_success((False, "ok", 0.1)) == "celery"
     assert [r.getMessage() for r in caplog.records] == [
         GUARD_FORMAT % ("count the success of proj.task[0f0f]",
                         RuntimeError("counting broke"), CARRY_ON)]
