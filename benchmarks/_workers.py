@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
+from celery import Celery
 
 #: What a benchmark app's worker logs when it is ready to consume, followed by the time
 #: (epoch seconds) and a JSON object of what it set up.
@@ -66,3 +68,17 @@ def queue_lengths(broker: redis.Redis, queues: dict[str, str]) -> dict[str, int]
             pipe.llen(queue)
         lengths = pipe.execute()
     return dict(zip(queues, (int(n) for n in lengths), strict=True))
+
+
+def publisher(task: str) -> Callable[[str, str, int], None]:
+    """A ``publish(broker_url, queue, count)`` that sends ``count`` messages of ``task``,
+    none of which stores a result (for ``_together.measure_window`` or a script's own loop)."""
+
+    def publish(broker_url: str, queue: str, count: int) -> None:
+        app = Celery("bench-publisher", broker=broker_url, set_as_current=False)
+        with app.producer_or_acquire() as producer:
+            for _ in range(count):
+                app.send_task(task, queue=queue, ignore_result=True, producer=producer)
+        app.close()
+
+    return publish

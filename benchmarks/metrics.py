@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +54,7 @@ import celery
 from benchmarks._metrics_app import FAIL_NAME, FILL_ENV, FILLED_MARK, fill
 from benchmarks._runtime_app import POLICY_YAML, TASK_NAME, VARIANT_ENV
 from benchmarks._together import Launch, measure_window, stop_worker
-from benchmarks._workers import WorkerFailed, tail, wait_ready
-from celery import Celery
+from benchmarks._workers import WorkerFailed, publisher, tail, wait_ready
 
 from celery_policies.metrics.worker import WorkerMetrics
 from celery_policies.worker.serving import SERVING_FORMAT
@@ -80,20 +79,6 @@ class Part:
     title: str
     task: str
     goal: float
-
-
-def publisher(task: str) -> Callable[[str, str, int], None]:
-    """A ``publish(broker_url, queue, count)`` for ``_together.measure_window`` that sends
-    ``count`` messages of ``task``, none of which stores a result."""
-
-    def publish(broker_url: str, queue: str, count: int) -> None:
-        app = Celery("bench-publisher", broker=broker_url, set_as_current=False)
-        with app.producer_or_acquire() as producer:
-            for _ in range(count):
-                app.send_task(task, queue=queue, ignore_result=True, producer=producer)
-        app.close()
-
-    return publish
 
 
 def worker_command(variant: str, queue: str, loglevel: str, logfile: Path,

@@ -59,8 +59,7 @@ import celery
 import redis
 import sentry_sdk
 from benchmarks._sentry_app import FAILURE_MESSAGE, TASK_NAME
-from benchmarks._workers import WorkerFailed, queue_lengths, tail, wait_ready
-from celery import Celery
+from benchmarks._workers import WorkerFailed, publisher, queue_lengths, tail, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TASKS = 2_500
@@ -228,13 +227,8 @@ class Measured:
         return self.tasks / self.seconds
 
 
-def publish(broker_url: str, queue: str, tasks: int) -> None:
-    """Publish ``tasks`` messages of ``bench.fail`` to ``queue``; no results are stored."""
-    publisher = Celery("bench-publisher", broker=broker_url, set_as_current=False)
-    with publisher.producer_or_acquire() as producer:
-        for _ in range(tasks):
-            publisher.send_task(TASK_NAME, queue=queue, ignore_result=True, producer=producer)
-    publisher.close()
+#: Publishes ``bench.fail`` messages to a queue; no results are stored.
+publish = publisher(TASK_NAME)
 
 
 def worker_command(queue: str, hostname: str, loglevel: str, logfile: Path,
