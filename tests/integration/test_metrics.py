@@ -312,9 +312,15 @@ def test_a_hard_time_limit_counts_once_after_the_ignored_soft_one(
 
 def test_a_task_that_kills_its_process_counts_each_redelivery_and_the_cap(
         client: Celery, worker: Worker, scraper: Scraper, counters: Any, key: str) -> None:
-    """max_redeliveries 2: three runs, two redeliveries, then worker_lost at the cap."""
+    """max_redeliveries 2: three losses reported, two redeliveries, then worker_lost at the
+    cap. The task records its run, then SIGKILLs its process at once: when the process dies
+    before the main process has read that it accepted the job, Celery's pool writes the same
+    job to another process (celery/concurrency/asynpool.py ``on_job_process_down`` ->
+    ``on_partial_read`` -> ``_put_back``) and reports no loss for that run. Such runs come in
+    pairs about 0.1 s apart (seen in CI on 5.5.3 and 5.7: 4 runs); the counters below, which
+    count the losses Celery reports, stay exact."""
     final_failure(client, worker, scraper, "metrics.lost", "lost", "worker_lost", key)
-    assert len(attempts(counters, key)) == 3
+    assert len(attempts(counters, key)) >= 3
     q = worker.queue
     scraper.expect("metrics.lost", {
         series("celery_policies_redeliveries_total", q, "metrics.lost", "lost"): 2.0,
