@@ -15,7 +15,6 @@ from celery.app.task import Task
 from pydantic import ValidationError
 
 from celery_policies import appinfo, policy
-from celery_policies.cli._render import human
 from celery_policies.spec import settings
 from celery_policies.spec.model import (
     FailureRoute,
@@ -44,6 +43,7 @@ from celery_policies.spec.values import (
     RateLimit,
 )
 from celery_policies.tools.schema import json_schema, render_markdown
+from celery_policies.tools.wording import human
 from celery_policies.worker import patching
 from tests.conftest import load
 

@@ -1,4 +1,4 @@
-"""Human renderings of setting values."""
+"""Text for a terminal: escaped, never read as markup."""
 
 from __future__ import annotations
 
@@ -7,52 +7,10 @@ from typing import Any
 
 from rich.text import Text
 
-from ..policy import jsonable
-from ..spec.durations import format_duration
-from ..spec.settings import SETTINGS
-
 #: Characters shown escaped besides the control characters (C0, DEL, C1): the bidirectional
 #: overrides and isolates, which reorder what follows them on screen, and the Unicode line
 #: and paragraph separators.
 _HIDDEN = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
-
-
-def human(key: str, value: Any, *, dead_letter_queue: str | None = None) -> str:
-    """``value`` of setting ``key`` as a person reads it: 30s, not 30.0."""
-    if value is None:
-        return "-"
-    info = SETTINGS.get(key)
-    kind, unit = (info.kind, info.unit) if info is not None else (None, None)
-    if unit == "seconds" and isinstance(value, int | float) and not isinstance(value, bool):
-        return format_duration(float(value))
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple | list) and kind == "exceptions":
-        return ", ".join(value) if value else "(none)"
-    if kind == "routes":
-        return "; ".join(_route(r, dead_letter_queue) for r in jsonable(value))
-    if kind == "overrides":
-        return "; ".join(f"{exc}: " + ", ".join(f"{k}={human(k, v)}" for k, v in rule.items())
-                         for exc, rule in jsonable(value).items())
-    if kind == "mapping":
-        return ", ".join(f"{k}={v}" for k, v in jsonable(value).items())
-    return str(value)
-
-
-def _route(route: dict[str, Any], default_queue: str | None) -> str:
-    if "dead_letter" in route:
-        queue = default_queue if route["dead_letter"] is True else route["dead_letter"]
-        target = f"dead letter to {queue}" if queue else "dead letter"
-    else:
-        target = f"task {route['task']}"
-    return target + (f" when {', '.join(route['when'])}" if route.get("when") else "")
-
-
-def delay_range(bounds: tuple[float, float]) -> str:
-    low, high = bounds
-    if low == high:
-        return format_duration(low) if low else "0s"
-    return f"{format_duration(low) if low else '0s'} - {format_duration(high)}"
 
 
 def printable(text: str, *, lines: bool = False) -> str:

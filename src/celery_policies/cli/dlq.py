@@ -17,9 +17,10 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
-from ..connections import BrokerError, broker_errors, connect, describe, drop, talking
+from ..connections import describe
+from ..deadletters.access import opened
 from ..deadletters.envelope import DeadLetter, Publisher
-from ..deadletters.stores import Store, open_store
+from ..deadletters.stores import Store
 from ..deadletters.tools import Filters, ReplayReport, ReplayStopped, plan, purge, replay, select
 from ..errors import PolicyError, PolicyFileError
 from ..headers import FAILURE_HEADER
@@ -90,33 +91,10 @@ def _open(ctx: click.Context, app_name: str | None, broker: str | None,
         assert app is not None
         make = app.connection_for_write
     try:
-        where = describe(app, url)
-        connection = connect(make, timeout, where)
-        try:
-            with talking(connection, timeout, where):
-                store = open_store(connection, name)
-        except BaseException:
-            drop(connection)
-            raise
-    except PolicyError as exc:
+        with opened(make, describe(app, url), name, timeout) as (store, connection):
+            yield store, connection
+    except PolicyError as exc:  # the broker (BrokerError) or the size cap's setting
         raise click.ClickException(str(exc)) from exc
-    try:
-        with talking(connection, timeout, where):
-            try:
-                yield store, connection
-            except broker_errors(connection):
-                raise  # no goodbyes to a broker that does not answer: dropped below
-            except BaseException:
-                store.close()
-                raise
-            store.close()
-    except BrokerError as exc:
-        drop(connection)
-        raise click.ClickException(str(exc)) from exc
-    except BaseException:
-        connection.release()
-        raise
-    connection.release()
 
 
 def _file_queue(app: Any) -> str:

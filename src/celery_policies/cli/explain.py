@@ -12,8 +12,8 @@ from ..appinfo import registered_tasks
 from ..spec.matching import Matcher
 from ..tools.explain import explain as explain_tasks
 from ..tools.explain import to_json
+from ..tools.wording import human
 from ._common import console, find_app, read_policies
-from ._render import human
 
 
 @click.command()

@@ -9,16 +9,8 @@ from ..appinfo import registered_tasks
 from ..spec.durations import format_duration
 from ..spec.matching import Matcher
 from ..tools.simulate import DEFAULT_ATTEMPTS, simulate_task
+from ..tools.wording import OUTCOMES, delay_range
 from ._common import console, find_app, read_policies
-from ._render import delay_range
-
-_OUTCOMES = {
-    "retry": "fails, retries",
-    "maybe": "fails, retries unless the deadline passes first (depends on jitter)",
-    "not_retryable": "fails: not retryable, gives up",
-    "max_retries": "fails: max_retries reached, gives up",
-    "deadline": "fails: next attempt would start after retry_deadline, gives up",
-}
 
 
 @click.command()
@@ -64,7 +56,7 @@ def simulate(ctx: click.Context, file: str, task_name: str, exception: str,
     table.add_column("outcome")
     table.add_column("next attempt in")
     for step in line.steps:
-        table.add_row(str(step.attempt), delay_range(step.start), _OUTCOMES[step.outcome],
+        table.add_row(str(step.attempt), delay_range(step.start), OUTCOMES[step.outcome],
                       delay_range(step.delay) if step.delay else "-")
     out.print(table)
     limits = ", ".join(f"{name} {format_duration(value)}" for name, value in (

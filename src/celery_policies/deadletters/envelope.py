@@ -382,7 +382,7 @@ def _connect_policy(policy: dict[str, Any]) -> dict[str, Any]:
     return {key: policy[key] for key in keys if key in policy}
 
 
-def matches_exception(letter: DeadLetter, names: Iterable[str]) -> bool:
+def matches_exception(letter: Any, names: Iterable[str]) -> bool:
     """Whether the dead letter's exception is one of ``names`` (dotted or bare class name)."""
     recorded = str(letter.failure.get("exception") or "")
     short = recorded.rpartition(".")[2]

@@ -9,10 +9,13 @@ cannot be replayed (unreadable, malformed headers, no queue) is skipped with a r
 from __future__ import annotations
 
 import fnmatch
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from threading import Event
+from typing import Any, Protocol
 
 from ..errors import PolicyError
 from .envelope import DeadLetter, Envelope, Publisher, matches_exception
@@ -20,6 +23,23 @@ from .stores import Store
 
 #: Why a dead letter with no recorded queue is not replayed without ``--to-queue``.
 NO_QUEUE = "no original queue recorded (use --to-queue)"
+
+
+class Facts(Protocol):
+    """What the filters read of a dead letter: a ``DeadLetter``, or the console's summary of
+    one (``console/index.py``), which the same filters must select alike."""
+
+    @property
+    def problem(self) -> str | None: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def failure(self) -> dict[str, Any]: ...
+    @property
+    def failed_at(self) -> datetime | None: ...
+    def origin(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -35,14 +55,16 @@ class Filters:
     since: float | None = None  # seconds before now
     ids: tuple[str, ...] = ()
     unreadable: bool = False
+    reasons: tuple[str, ...] = ()  # the failure record's reason: exception, time_limit, ...
+    origins: tuple[str, ...] = ()  # the queue the task failed on
 
     @property
     def narrowing(self) -> bool:
         """Whether any filter on what a letter says is given."""
         return bool(self.task is not None or self.exceptions or self.since is not None
-                    or self.ids)
+                    or self.ids or self.reasons or self.origins)
 
-    def __call__(self, letter: DeadLetter) -> bool:
+    def __call__(self, letter: Facts) -> bool:
         if letter.problem is not None:
             return self.unreadable or not self.narrowing
         if self.unreadable:
@@ -52,6 +74,10 @@ class Filters:
         if self.task is not None and not fnmatch.fnmatchcase(letter.task, self.task):
             return False
         if self.exceptions and not matches_exception(letter, self.exceptions):
+            return False
+        if self.reasons and letter.failure.get("reason") not in self.reasons:
+            return False
+        if self.origins and letter.origin() not in self.origins:
             return False
         if self.since is not None:
             failed_at = letter.failed_at
@@ -126,6 +152,7 @@ class ReplayReport:
 
     queues: Counter[str] = field(default_factory=Counter)
     skipped: list[tuple[DeadLetter, str]] = field(default_factory=list)
+    stopped: bool = False  # asked to stop before the end (``replay``'s ``stop``)
 
     @property
     def replayed(self) -> int:
@@ -142,10 +169,15 @@ class ReplayStopped(PolicyError):
 
 
 def replay(store: Store, publisher: Publisher, chosen: Plan,
-           progress: Callable[[int], None] = lambda done: None) -> ReplayReport:
+           progress: Callable[[int], None] = lambda done: None, *,
+           rate: float | None = None, stop: Event | None = None) -> ReplayReport:
     """Publish each move of ``chosen``, and remove its letter from the dead-letter queue as
     soon as the publish is confirmed, so that a replay stopped half-way (a broker error, a
     kill) leaves only what was not replayed, and running it again replays nothing twice.
+
+    ``rate`` caps the pace at that many letters a second, so that a replay does not flatten
+    the service that failed; ``stop``, once set, ends the replay after the letter in hand
+    (the report then says how far it got, and ``stopped`` is true).
 
     RabbitMQ drops a message published to a queue that does not exist, so every target queue
     must exist first; it is never created here (workers declare their queues themselves).
@@ -155,7 +187,14 @@ def replay(store: Store, publisher: Publisher, chosen: Plan,
         raise PolicyError(f"no such queue on the broker: {', '.join(sorted(missing))}; start "
                           "a worker that consumes it, or choose another with --to-queue")
     report = ReplayReport(skipped=list(chosen.skipped))
+    started = time.monotonic()
+    stop = stop or Event()
     for count, move in enumerate(chosen.moves, 1):
+        # with a rate, the count-th letter goes no earlier than (count - 1) / rate seconds in
+        ahead = started + (count - 1) / rate - time.monotonic() if rate else 0.0
+        if stop.wait(ahead) if ahead > 0 else stop.is_set():
+            report.stopped = True
+            break
         try:
             publisher.publish(move.message, move.queue, declare=False)
         except Exception as exc:
