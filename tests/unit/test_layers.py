@@ -24,11 +24,12 @@ LAYERS: list[set[str]] = [
     {"tools"},
     {"lint"},
     {"worker"},
+    {"console"},
     {"cli"},
     {"celery_command", "__init__", "__main__"},
 ]
 #: Pairs (importer, imported) forbidden even though the layers allow them.
-FORBIDDEN = {("cli", "worker")}
+FORBIDDEN = {("cli", "worker"), ("console", "worker")}
 
 
 def layer_of(unit: str) -> int:

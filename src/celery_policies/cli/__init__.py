@@ -8,6 +8,7 @@ import sys
 import click
 
 from .check import check
+from .console import console
 from .dlq import dlq
 from .explain import explain
 from .fleet import fleet
@@ -33,6 +34,7 @@ policies.add_command(schema)
 policies.add_command(dlq)
 policies.add_command(fleet)
 policies.add_command(metrics)
+policies.add_command(console)
 
 
 def main() -> None:

@@ -76,7 +76,7 @@ def _text(value: Any) -> str:
 
 def _shared(value: str) -> str:
     """One copy of each task, exception and queue name however many letters repeat it."""
-    return sys.intern(value[:500])
+    return sys.intern(value)
 
 
 @dataclass(frozen=True)

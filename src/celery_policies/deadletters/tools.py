@@ -75,7 +75,7 @@ class Filters:
             return False
         if self.exceptions and not matches_exception(letter, self.exceptions):
             return False
-        if self.reasons and letter.failure.get("reason") not in self.reasons:
+        if self.reasons and str(letter.failure.get("reason") or "") not in self.reasons:
             return False
         if self.origins and letter.origin() not in self.origins:
             return False
