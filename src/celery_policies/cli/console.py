@@ -102,6 +102,7 @@ def console(ctx: click.Context, app_name: str | None, broker: str | None, path: 
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((host, port))
+        listener.listen(128)  # connections wait here until uvicorn accepts them
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     logging.basicConfig(level=logging.INFO,

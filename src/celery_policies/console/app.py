@@ -275,7 +275,10 @@ def preview(console: Console, request: Request, queue: str | None, filters: Filt
             return console.error(request, 400, "say which dead-letter queue (queue=...)")
         queue = console.queues[0]
         kept = {**kept, "queue": queue}
-    selected = list(chosen(console.index.reading, filters, queue))
+    reading = console.index.reading
+    if reading.finished_at is None:  # a figure from no reading at all would say 0
+        reading = console.index.refresh(wait=console.timeout)
+    selected = list(chosen(reading, filters, queue))
     targets: dict[str, int] = {}
     for item in selected:
         if item.problem is None:
@@ -283,7 +286,7 @@ def preview(console: Console, request: Request, queue: str | None, filters: Filt
             targets[key] = targets.get(key, 0) + 1
     return console.page(request, "preview.html", action=action, queue=queue, kept=kept,
                         count=len(selected), targets=sorted(targets.items()),
-                        filters=describe_filters(filters), reading=console.index.reading)
+                        filters=describe_filters(filters), reading=reading)
 
 
 async def act(request: Request) -> Response:
