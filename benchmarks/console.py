@@ -147,7 +147,7 @@ def one_round(url: str, queue: str, count: int) -> dict[str, Any]:
     threading.Thread(target=stderr.read, daemon=True).start()
     page = f"http://127.0.0.1:{port}/dead-letters"
     try:
-        while True:  # the port is printed before uvicorn listens on it
+        while True:  # retried until the server answers
             try:
                 started = time.perf_counter()
                 html = get(page)[1]

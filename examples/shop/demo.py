@@ -60,6 +60,9 @@ READY_TIMEOUT, RESULTS_TIMEOUT = 30.0, 60.0
 SERVING = re.compile(re.escape(SERVING_FORMAT.partition("%s")[0]) + r"(?P<url>http://\S+)")
 #: How to get prometheus_client, which ``--metrics`` needs.
 METRICS_EXTRA = "pip install 'celery-policies[metrics]'"
+CONSOLE_EXTRA = "pip install 'celery-policies[console]'"
+#: Where ``--console`` serves the web console unless ``--console-port`` says otherwise.
+CONSOLE_PORT = 5580
 
 LOG_LINE = re.compile(r"^\[(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/[\w-]+\] "
                       r"(?P<message>.*)$")
@@ -413,13 +416,45 @@ def show_metrics(log_path: Path, events: dict[str, list[Event]]) -> list[str]:
     return []
 
 
+def serve_console(port: int) -> None:
+    """Serve ``celery-policies console`` on this demo's broker, policy file and worker until
+    Ctrl-C (or SIGINT to this process)."""
+    command = [sys.executable, "-m", "celery_policies", "console", "--app", "examples.shop",
+               "--port", str(port)]
+    print(f"\n$ celery-policies console --app examples.shop --port {port}")
+    print("The web console shows the dead letters above and the running worker; open the "
+          "address below in a browser. Ctrl-C stops the console, the worker and the demo.")
+    console = subprocess.Popen(command, cwd=ROOT)
+    try:
+        console.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if console.poll() is None:
+            console.terminate()
+            console.wait(15)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m examples.shop.demo",
         description="See policies.example.yaml at work in a real Celery worker.")
     parser.add_argument("--metrics", action="store_true",
                         help="serve the worker's Prometheus metrics and show what they counted")
-    metrics = parser.parse_args(argv).metrics
+    parser.add_argument("--console", action="store_true",
+                        help="then serve the web console on the demo's dead letters and "
+                             "worker, until Ctrl-C")
+    parser.add_argument("--console-port", type=int, default=CONSOLE_PORT, metavar="PORT",
+                        help=f"the console's port on 127.0.0.1 (default {CONSOLE_PORT}; 0: any)")
+    options = parser.parse_args(argv)
+    metrics = options.metrics
+    if options.console:
+        try:
+            import starlette  # noqa: F401, PLC0415 - only --console needs it
+            import uvicorn  # noqa: F401, PLC0415
+        except ImportError:
+            print(f"--console needs Starlette and uvicorn: {CONSOLE_EXTRA}")
+            return 2
     if metrics:
         try:
             import prometheus_client  # noqa: F401, PLC0415 - only --metrics needs it
@@ -449,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if wait_until_ready(worker, log_path):
             problems = send_and_report(worker, log_path, metrics)
+            if options.console and not problems:
+                serve_console(options.console_port)
     finally:
         stop_worker(worker)
     if problems == ["the worker did not start"]:

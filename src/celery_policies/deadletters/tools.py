@@ -9,6 +9,7 @@ cannot be replayed (unreadable, malformed headers, no queue) is skipped with a r
 from __future__ import annotations
 
 import fnmatch
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +24,13 @@ from .stores import Store
 
 #: Why a dead letter with no recorded queue is not replayed without ``--to-queue``.
 NO_QUEUE = "no original queue recorded (use --to-queue)"
+
+
+@functools.lru_cache(maxsize=4096)
+def _glob_matches(name: str, glob: str) -> bool:
+    """``fnmatchcase``, remembered: a queue of 100,000 letters holds a few dozen task names
+    (the console filters its whole index on every page)."""
+    return fnmatch.fnmatchcase(name, glob)
 
 
 class Facts(Protocol):
@@ -71,7 +79,7 @@ class Filters:
             return False
         if self.ids and letter.id not in self.ids:
             return False
-        if self.task is not None and not fnmatch.fnmatchcase(letter.task, self.task):
+        if self.task is not None and not _glob_matches(letter.task, self.task):
             return False
         if self.exceptions and not matches_exception(letter, self.exceptions):
             return False
