@@ -51,7 +51,8 @@ def test_credentials_and_token_identify_a_request(headers: dict[str, str],
 
 def test_a_trusted_header_names_the_user_and_its_absence_refuses() -> None:
     auth = Auth(trusted_header="X-Forwarded-User")
-    assert auth.configured and not auth.challenges
+    assert auth.configured
+    assert not auth.challenges
     assert auth.identify({"x-forwarded-user": "dana"}) == "dana"
     assert auth.identify({"x-forwarded-user": "  "}) is None
     assert auth.identify({}) is None

@@ -1,0 +1,90 @@
+"""The console's pages over HTTP, without a browser, on both brokers: what a console that
+hides arguments shows, what an unknown letter or a bad filter answers, and a console
+listening beyond loopback with a token."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from benchmarks._deadletters import fabricate
+from celery import Celery
+from kombu.connection import Connection
+
+from tests.support.console import ConsoleProcess, console
+from tests.support.workers import delete_queue, wait_for
+
+SECRET = "card-4111-1111-1111-1111"
+
+
+@pytest.fixture
+def dead_letter_queue(client: Celery) -> Iterator[str]:
+    name = f"dlq.{uuid.uuid4().hex[:12]}"
+    yield name
+    delete_queue(client, name)
+
+
+def serve(broker: str, queue: str, tmp_path: Path, *options: str,
+          env: dict[str, str] | None = None) -> AbstractContextManager[ConsoleProcess]:
+    return console(["--broker", broker, "--queue", queue, "--refresh", "0.1s", *options],
+                   tmp_path / f"console-{uuid.uuid4().hex[:6]}.log", env)
+
+
+def test_a_console_that_hides_arguments_never_shows_them(
+        broker: str, dead_letter_queue: str, tmp_path: Path) -> None:
+    with Connection(broker) as connection:
+        [task_id] = fabricate(connection, dead_letter_queue, 1, origin="work",
+                              args_of=lambda i: [SECRET])
+    query = urlencode({"queue": dead_letter_queue, "id": task_id})
+    with serve(broker, dead_letter_queue, tmp_path) as shown:
+        status, page, _ = shown.request(f"/dead-letters/letter?{query}")
+        assert status == 200
+        assert SECRET in page
+    with serve(broker, dead_letter_queue, tmp_path, "--hide-arguments") as hidden:
+        status, page, _ = hidden.request(f"/dead-letters/letter?{query}")
+        assert status == 200
+        assert "This console does not show arguments." in page
+        assert SECRET not in page
+        assert task_id in page  # the letter itself is there
+
+
+def test_an_unknown_letter_queue_or_filter_gets_a_clear_answer(
+        broker: str, dead_letter_queue: str, tmp_path: Path) -> None:
+    with serve(broker, dead_letter_queue, tmp_path) as served:
+        status, page, headers = served.request(
+            f"/dead-letters/letter?{urlencode({'queue': dead_letter_queue, 'id': 'nope'})}")
+        assert status == 404
+        assert f"no dead letter of task nope in {dead_letter_queue}" in page
+        assert "script-src" not in headers["content-security-policy"]
+        assert headers["content-security-policy"].startswith("default-src 'none'")
+        status, page, _ = served.request("/dead-letters?queue=elsewhere")
+        assert status == 404
+        assert "the console does not read queue &#39;elsewhere&#39;" in page
+        status, page, _ = served.request("/dead-letters?since=tenish")
+        assert status == 400
+        assert "since: expected a duration" in page
+
+
+def test_beyond_loopback_a_token_is_required_and_accepted(
+        broker: str, dead_letter_queue: str, tmp_path: Path) -> None:
+    with Connection(broker) as connection:
+        fabricate(connection, dead_letter_queue, 2, origin="work")
+    env = {"CELERY_POLICIES_CONSOLE_TOKEN": "t0ken-" + uuid.uuid4().hex}
+    with serve(broker, dead_letter_queue, tmp_path, "--host", "0.0.0.0",
+               env=env) as served:
+        url = served.url.replace("0.0.0.0", "127.0.0.1")
+        served.url = url
+        assert served.request("/dead-letters")[0] == 401
+        bearer = {"Authorization": f"Bearer {env['CELERY_POLICIES_CONSOLE_TOKEN']}"}
+        assert wait_for(lambda: '<p id="total">2 dead letters' in served.request(
+            "/dead-letters", headers=bearer)[1], timeout=30)
+        status, page, _ = served.request("/dead-letters", headers=bearer)
+        assert status == 200
+        assert '<p class="who">token' in page
+    logs = [path.read_text() for path in tmp_path.glob("console-*.log")]
+    assert logs
+    assert not any(env["CELERY_POLICIES_CONSOLE_TOKEN"] in log for log in logs)
