@@ -4,6 +4,10 @@ listening beyond loopback with a token."""
 
 from __future__ import annotations
 
+import re
+import socket
+import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -11,10 +15,14 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+import uvicorn
 from benchmarks._deadletters import fabricate
 from celery import Celery
 from kombu.connection import Connection
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
+from celery_policies.console import create_app
 from tests.support.console import ConsoleProcess, console
 from tests.support.workers import delete_queue, wait_for
 
@@ -88,3 +96,37 @@ def test_beyond_loopback_a_token_is_required_and_accepted(
     logs = [path.read_text() for path in tmp_path.glob("console-*.log")]
     assert logs
     assert not any(env["CELERY_POLICIES_CONSOLE_TOKEN"] in log for log in logs)
+
+
+def test_mounted_in_a_site_under_a_prefix_every_link_and_redirect_keeps_it(
+        broker: str, dead_letter_queue: str) -> None:
+    with Connection(broker) as connection:
+        fabricate(connection, dead_letter_queue, 1, origin="work")
+    site = Starlette(routes=[Mount("/ops/celery", app=create_app(
+        broker=broker, queues=[dead_letter_queue], refresh=0.1))])
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    server = uvicorn.Server(uvicorn.Config(site, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{listener.getsockname()[1]}/ops/celery"
+    try:
+        assert wait_for(lambda: server.started, timeout=10)
+        with urllib.request.urlopen(f"{base}/", timeout=10) as response:
+            assert response.url == f"{base}/dead-letters"
+        assert wait_for(lambda: "1 dead letter in" in fetch(f"{base}/dead-letters"), timeout=30)
+        links = set(re.findall(r'(?:href|action)="(/[^"?]*)', fetch(f"{base}/dead-letters")))
+        assert links >= {"/ops/celery/dead-letters/list", "/ops/celery/dead-letters/preview",
+                         "/ops/celery/policies", "/ops/celery/static/console.css"}
+        assert all(link.startswith("/ops/celery/") for link in links), links
+        with urllib.request.urlopen(f"{base}/static/console.css", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return str(response.read().decode())

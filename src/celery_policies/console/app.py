@@ -141,12 +141,19 @@ class Console:
              **values: Any) -> HTMLResponse:
         who = request.state.who
         html = self.templates.get_template(template).render(
-            request=request, console=self, who=who, csrf=self.csrf.token(who),
+            request=request, base=_base(request), console=self, who=who,
+            csrf=self.csrf.token(who),
             running=self.jobs.running(), reading_now=self.index.reading_now, **values)
         return HTMLResponse(html, status_code=status)
 
     def error(self, request: Request, status: int, message: str) -> HTMLResponse:
         return self.page(request, "error.html", status, message=message)
+
+
+def _base(request: Request) -> str:
+    """The path the console is mounted at (``Mount("/celery", app=console)``), which every
+    link and form starts with; empty when it is served on its own."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 def _when(value: datetime | float | None) -> str:
@@ -316,7 +323,7 @@ async def act(request: Request) -> Response:
         console.jobs.start(job)
     except Busy as exc:
         return console.error(request, 409, str(exc))
-    return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+    return RedirectResponse(f"{_base(request)}/jobs/{job.id}", status_code=303)
 
 
 def job_page(console: Console, request: Request) -> Response:
@@ -333,7 +340,7 @@ async def stop_job(request: Request) -> Response:
     if job is None:
         return console.error(request, 404, "no such operation")
     job.stop.set()
-    return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+    return RedirectResponse(f"{_base(request)}/jobs/{job.id}", status_code=303)
 
 
 def policies_page(console: Console, request: Request) -> Response:
@@ -466,7 +473,7 @@ def create_app(app: Celery | str | None = None, *, broker: str | None = None,
                       hide_arguments=hide_arguments, auth=auth or Auth(), refresh=refresh,
                       broker_timeout=broker_timeout)
     routes = [
-        Route("/", lambda request: RedirectResponse("/dead-letters", 302)),
+        Route("/", lambda request: RedirectResponse(f"{_base(request)}/dead-letters", 302)),
         Route("/dead-letters", _sync(dead_letters)),
         Route("/dead-letters/list", _sync(letters)),
         Route("/dead-letters/letter", _sync(letter)),
