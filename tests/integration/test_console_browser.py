@@ -28,7 +28,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from tests.support.console import CHROMIUM_ARGS, chromium, console
 from tests.support.console import screenshot_path as shot
 from tests.support.deadletters import read
-from tests.support.workers import Worker, Workers, attempts, delete_queue, wait_for
+from tests.support.workers import ROOT, Worker, Workers, attempts, delete_queue, wait_for
 
 from .test_dead_letters import POLICIES
 
@@ -80,7 +80,9 @@ def serve(broker: str, dead_letter_queue: str, tmp_path: Path, *options: str,
           control: str = "celery", env: dict[str, str] | None = None) -> Any:
     """The console of the test app (tests.support.proj) with the dead-letter tests' policy
     file, reading again whenever a page is asked for."""
-    return console(["--app", "tests.support.proj", "--file", str(POLICIES), "--refresh",
+    # the file named as a user in the project's folder names it (the pages show it)
+    policy_file = str(POLICIES.relative_to(ROOT))
+    return console(["--app", "tests.support.proj", "--file", policy_file, "--refresh",
                     "0.1s", *options], tmp_path / f"console-{uuid.uuid4().hex[:6]}.log",
                    {"TEST_BROKER_URL": broker, "TEST_DLQ": dead_letter_queue,
                     "TEST_CONTROL_EXCHANGE": control, **(env or {})})
