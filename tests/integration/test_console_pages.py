@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -130,3 +131,30 @@ def test_mounted_in_a_site_under_a_prefix_every_link_and_redirect_keeps_it(
 def fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=30) as response:
         return str(response.read().decode())
+
+
+def test_a_purge_started_while_the_index_reads_the_queue_takes_every_letter(
+        broker: str, dead_letter_queue: str, tmp_path: Path) -> None:
+    """On RabbitMQ a reading holds every message it has read, unacknowledged, until it ends:
+    an operation that selected meanwhile would find only the others."""
+    total = 3000
+    with Connection(broker) as connection:
+        fabricate(connection, dead_letter_queue, total, origin="work")
+    with serve(broker, dead_letter_queue, tmp_path) as served:
+        status, page, _ = served.request(
+            f"/dead-letters/preview?queue={dead_letter_queue}&action=purge")
+        assert status == 200
+        assert f"{total:,} dead letters will be deleted" in page
+        token = re.search(r'name="csrf" value="(\w+)"', page)
+        assert token
+        time.sleep(0.3)  # the reading is stale: the next page starts another
+        assert served.request("/dead-letters")[0] == 200
+        status, page, _ = served.request("/dead-letters/purge", data=urlencode(
+            {"queue": dead_letter_queue, "csrf": token.group(1)}).encode())
+        assert status == 200  # the job's page, after the redirect
+        job = re.search(r"/jobs/(\w+)", page)
+        assert job
+        assert wait_for(lambda: '<p id="outcome">' in served.request(
+            f"/jobs/{job.group(1)}")[1], timeout=120)
+        assert f'<p id="outcome">deleted {total}</p>' in served.request(
+            f"/jobs/{job.group(1)}")[1]

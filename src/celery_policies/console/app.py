@@ -12,8 +12,9 @@ import glob
 import itertools
 import logging
 import math
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -82,8 +83,13 @@ class Console:
         self.policies, self.policy_error = self._policies()
         model = self.policies.model if self.policies is not None else None
         self.queues = dead_letter_queues(model, queues)
-        self.index = LetterIndex(self.open_store, self.queues, refresh=refresh)
-        self.jobs = Jobs(self.open_queue, self._reread)
+        # RabbitMQ: a reading holds what it read until it ends (console/index.py)
+        self.exclusive: AbstractContextManager[Any] = (
+            threading.Lock() if self._connection().transport.driver_type == "amqp"
+            else nullcontext())
+        self.index = LetterIndex(self.open_store, self.queues, refresh=refresh,
+                                 exclusive=self.exclusive)
+        self.jobs = Jobs(self.open_queue, self._reread, exclusive=self.exclusive)
         self.templates = Environment(loader=PackageLoader("celery_policies.console"),
                                      autoescape=select_autoescape(default=True),
                                      trim_blocks=True, lstrip_blocks=True)
@@ -252,7 +258,7 @@ def letter(console: Console, request: Request) -> Response:
     if queue not in console.queues or not task_id:
         return console.error(request, 404, "give the queue and id of a dead letter")
     try:
-        with console.open_store(queue) as store:
+        with console.exclusive, console.open_store(queue) as store:
             found = select(store, Filters(ids=(task_id,)), limit=1)
     except PolicyError as exc:
         return console.error(request, 503, str(exc))

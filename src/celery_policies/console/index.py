@@ -9,12 +9,17 @@ traceback. A page is served from the last complete reading, which says how old i
 asked for when that reading is older than ``refresh`` seconds starts a new one. Nothing is read
 while nobody looks.
 
+On RabbitMQ a reading holds every message it has read, unacknowledged, until it ends, so that
+an operation selecting meanwhile would miss them: there the readings, the operations and a
+letter's page take turns (``exclusive``, a lock the console passes to each).
+
 Replay and purge never act on this summary: they select again, with the same ``Filters``, from
 the queue itself (``console/jobs.py``); the summary only gives the preview its figure.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -113,8 +118,10 @@ class LetterIndex:
     """The summaries of every letter in ``queues``, read by ``open_queue`` in a thread."""
 
     def __init__(self, open_queue: OpenQueue, queues: Sequence[str], *,
-                 refresh: float = DEFAULT_REFRESH) -> None:
+                 refresh: float = DEFAULT_REFRESH,
+                 exclusive: AbstractContextManager[Any] | None = None) -> None:
         self.queues = tuple(queues)
+        self._exclusive = exclusive or contextlib.nullcontext()
         self.refresh_after = refresh
         self._open = open_queue
         self._lock = threading.Lock()
@@ -156,14 +163,15 @@ class LetterIndex:
     def _read(self, progress: _Progress) -> None:
         letters: list[Summary] = []
         errors: list[str] = []
-        for queue in self.queues:
-            try:
-                with self._open(queue) as store:
-                    for letter in store.letters():
-                        letters.append(Summary.of(queue, letter))
-                        progress.read += 1
-            except Exception as exc:  # a broker that is down: said on the page, kept going
-                errors.append(f"{queue}: {exc or type(exc).__name__}")
+        with self._exclusive:
+            for queue in self.queues:
+                try:
+                    with self._open(queue) as store:
+                        for letter in store.letters():
+                            letters.append(Summary.of(queue, letter))
+                            progress.read += 1
+                except Exception as exc:  # a broker that is down: said on the page, kept going
+                    errors.append(f"{queue}: {exc or type(exc).__name__}")
         finished = time.time()
         with self._lock:
             self._reading = Reading(tuple(letters), finished, finished - progress.started_at,

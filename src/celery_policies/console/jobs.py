@@ -10,6 +10,7 @@ run twice).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -17,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from kombu.connection import Connection
 
@@ -80,8 +81,10 @@ def describe(filters: Filters) -> str:
 class Jobs:
     """Runs one job at a time; ``changed`` is called when one ends (the index re-reads)."""
 
-    def __init__(self, open_queue: OpenWithConnection, changed: Callable[[], None]) -> None:
+    def __init__(self, open_queue: OpenWithConnection, changed: Callable[[], None], *,
+                 exclusive: AbstractContextManager[Any] | None = None) -> None:
         self._open = open_queue
+        self._exclusive = exclusive or contextlib.nullcontext()  # see console/index.py
         self._changed = changed
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
@@ -114,7 +117,7 @@ class Jobs:
 
     def _run(self, job: Job) -> None:
         try:
-            with self._open(job.queue) as (store, connection):
+            with self._exclusive, self._open(job.queue) as (store, connection):
                 run = self._replay if job.kind == "replay" else self._purge
                 job.outcome, stopped = run(job, store, connection)
             job.state = "stopped" if stopped else "done"
