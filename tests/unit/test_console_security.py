@@ -4,6 +4,7 @@ identity; POSTs from the console's own origin only."""
 from __future__ import annotations
 
 import base64
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -109,3 +110,11 @@ def test_malformed_credentials_stop_the_console_before_it_starts() -> None:
                                 env={CREDENTIALS_ENV: "alice"})
     assert result.exit_code == 1
     assert f"${CREDENTIALS_ENV} line 1" in result.output
+
+
+def test_without_the_console_extra_the_command_says_what_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn raises ImportError
+    result = CliRunner().invoke(policies, ["console", "--broker", "redis://127.0.0.1:1/0"])
+    assert result.exit_code == 1
+    assert "pip install 'celery-policies[console]'" in result.output
