@@ -9,6 +9,10 @@ from __future__ import annotations
 #: kombu's message header naming the compression of the body (kombu/messaging.py,
 #: ``Producer._prepare``); kombu's ``Message`` decompresses the body when it is set.
 COMPRESSION_HEADER = "compression"
+#: RabbitMQ's header counting a message's deliveries, set by quorum queues only; such a queue
+#: drops a message after its ``x-delivery-limit`` of them, and reading a queue without taking
+#: anything out (consume, then requeue) is a delivery.
+DELIVERY_COUNT_HEADER = "x-delivery-count"
 #: The header of a dead letter holding its failure record (a dict; see ``failure_record``).
 FAILURE_HEADER = "celery_policies_failure"
 #: The header counting how often a message was replayed from a dead-letter queue.

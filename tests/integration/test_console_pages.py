@@ -24,8 +24,9 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from celery_policies.console import create_app
+from celery_policies.headers import DELIVERY_COUNT_HEADER
 from tests.support.console import ConsoleProcess, console
-from tests.support.workers import delete_queue, wait_for
+from tests.support.workers import AMQP_URL, delete_queue, require, wait_for
 
 SECRET = "card-4111-1111-1111-1111"
 
@@ -158,3 +159,35 @@ def test_a_purge_started_while_the_index_reads_the_queue_takes_every_letter(
             f"/jobs/{job.group(1)}")[1], timeout=120)
         assert f'<p id="outcome">deleted {total}</p>' in served.request(
             f"/jobs/{job.group(1)}")[1]
+
+
+def test_a_quorum_queue_is_read_again_only_when_asked_so_no_letter_reaches_its_limit(
+        tmp_path: Path) -> None:
+    """Each reading of a RabbitMQ quorum queue is a delivery; past ``x-delivery-limit`` the
+    queue drops the letter. A console left open must not read it every ``--refresh``."""
+    require(AMQP_URL, "rabbitmq")
+    queue = f"dlq.quorum.{uuid.uuid4().hex[:12]}"
+    with Connection(AMQP_URL) as connection:
+        connection.default_channel.queue_declare(
+            queue, durable=True, auto_delete=False,
+            arguments={"x-queue-type": "quorum", "x-delivery-limit": 5})
+        try:
+            [task_id] = fabricate(connection, queue, 1, origin="work")
+            with serve(AMQP_URL, queue, tmp_path) as served:
+                assert wait_for(lambda: 'id="counting"' in served.request("/dead-letters")[1],
+                                timeout=30)
+                for _ in range(10):  # ten pages, each past --refresh
+                    time.sleep(0.2)
+                    status, page, _ = served.request("/dead-letters")
+                    assert status == 200
+                    assert '<p id="total">1 dead letter in 1 group.' in page
+            channel = connection.channel()
+            assert channel.queue_declare(queue, passive=True).message_count == 1
+            message = channel.basic_get(queue, no_ack=False)
+            assert message.properties["application_headers"]["id"] == task_id
+            # fetched once to learn that the queue counts, read once, and never again
+            assert message.properties["application_headers"][DELIVERY_COUNT_HEADER] == 2
+            channel.basic_reject(message.delivery_tag, requeue=True)
+            channel.close()
+        finally:
+            connection.default_channel.queue_delete(queue)

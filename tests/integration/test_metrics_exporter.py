@@ -23,9 +23,9 @@ from kombu.connection import Connection
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_policies.deadletters.envelope import declare_queue
+from celery_policies.headers import DELIVERY_COUNT_HEADER
 from celery_policies.metrics.exporter import SERVING_LINE
 from celery_policies.metrics.names import EXPORTER_METRICS
-from celery_policies.metrics.queues import DELIVERY_COUNT_HEADER
 from tests.support import proj
 from tests.support.deadletters import read
 from tests.support.proxy import Proxy

@@ -230,6 +230,8 @@ def _filtered(handler: Callable[[Console, Request, str | None, Filters, dict[str
 @_filtered
 def dead_letters(console: Console, request: Request, queue: str | None, filters: Filters,
                  kept: dict[str, Any]) -> Response:
+    if request.query_params.get("read") == "1":  # "read again", asked for
+        console.index.refresh()
     reading = console.index.reading
     found = groups(chosen(reading, filters, queue))
     return console.page(request, "groups.html", reading=reading, groups=found,

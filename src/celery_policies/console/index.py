@@ -7,7 +7,9 @@ every queue in a thread and keeps, per letter, only what the pages group and fil
 ``Summary``: id, task, exception, reason, when, the queue it failed on), never its arguments or
 traceback. A page is served from the last complete reading, which says how old it is; a page
 asked for when that reading is older than ``refresh`` seconds starts a new one. Nothing is read
-while nobody looks.
+while nobody looks. A RabbitMQ quorum queue counts each reading as a delivery and drops a
+letter after its delivery limit: once a reading finds one, the index reads again only when
+asked (``refresh``: a person's "read again", or after a replay or purge).
 
 On RabbitMQ a reading holds every message it has read, unacknowledged, until it ends, so that
 an operation selecting meanwhile would miss them: there the readings, the operations and a
@@ -31,7 +33,7 @@ from typing import Any
 
 from ..deadletters.stores import Store
 from ..deadletters.tools import Filters
-from ..headers import REPLAYS_HEADER
+from ..headers import DELIVERY_COUNT_HEADER, REPLAYS_HEADER
 
 #: Seconds a reading serves pages before a page asks for a new one.
 DEFAULT_REFRESH = 10.0
@@ -53,6 +55,7 @@ class Summary:
     failed_on: str | None  # the queue the task failed on
     replays: int
     problem: str | None
+    counted: bool = False  # its queue counts deliveries (a RabbitMQ quorum queue)
 
     @property
     def failure(self) -> dict[str, Any]:
@@ -72,7 +75,7 @@ class Summary:
                    letter.failed_at if letter.problem is None else None,
                    _shared(origin) if origin else None,
                    replays if isinstance(replays, int) and not isinstance(replays, bool) else 0,
-                   letter.problem)
+                   letter.problem, DELIVERY_COUNT_HEADER in letter.envelope.headers)
 
 
 def _text(value: Any) -> str:
@@ -106,6 +109,10 @@ class Reading:
     finished_at: float | None = None  # epoch seconds; None before the first reading ends
     took: float = 0.0
     errors: tuple[str, ...] = ()  # one line per queue that could not be read
+    #: Queues whose letters carry a delivery count (RabbitMQ quorum queues): each reading is
+    #: a delivery, and the queue drops a letter after its ``x-delivery-limit`` of them, so
+    #: they are read again only when someone asks (``refresh``), never because a page is old.
+    counting: tuple[str, ...] = ()
 
 
 @dataclass
@@ -128,13 +135,16 @@ class LetterIndex:
         self._reading = Reading()
         self._progress: _Progress | None = None  # set while a reading runs
         self._done = threading.Condition(self._lock)
+        self._probed: set[str] = set()  # queues asked whether they count deliveries
+        self._counting: set[str] = set()  # ... and those that do
 
     @property
     def reading(self) -> Reading:
         """The last complete reading; a new one starts when it is stale."""
         with self._lock:
-            stale = (self._reading.finished_at is None
-                     or time.time() - self._reading.finished_at >= self.refresh_after)
+            last = self._reading
+            stale = last.finished_at is None or (
+                not last.counting and time.time() - last.finished_at >= self.refresh_after)
             if stale and self._progress is None:
                 self._start()
             return self._reading
@@ -167,6 +177,7 @@ class LetterIndex:
             for queue in self.queues:
                 try:
                     with self._open(queue) as store:
+                        self._probe(queue, store)
                         for letter in store.letters():
                             letters.append(Summary.of(queue, letter))
                             progress.read += 1
@@ -174,10 +185,23 @@ class LetterIndex:
                     errors.append(f"{queue}: {exc or type(exc).__name__}")
         finished = time.time()
         with self._lock:
+            self._counting.update(letter.queue for letter in letters if letter.counted)
+            counting = tuple(sorted(self._counting))
             self._reading = Reading(tuple(letters), finished, finished - progress.started_at,
-                                    tuple(errors))
+                                    tuple(errors), counting)
             self._progress = None
             self._done.notify_all()
+
+
+    def _probe(self, queue: str, store: Store) -> None:
+        """Ask a RabbitMQ queue, before its first reading, whether it counts deliveries: a
+        consumer learns it only from a letter's second delivery (``AmqpStore``)."""
+        counts = getattr(store, "counts_deliveries", None)  # RabbitMQ's store only
+        if counts is None or queue in self._probed:
+            return
+        if counts():
+            self._counting.add(queue)
+        self._probed.add(queue)
 
 
 def chosen(reading: Reading, filters: Filters, queue: str | None = None) -> Iterator[Summary]:

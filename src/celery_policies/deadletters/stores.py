@@ -27,6 +27,7 @@ from kombu.connection import Connection
 
 from ..compat import redis_queue_keys
 from ..errors import PolicyError
+from ..headers import DELIVERY_COUNT_HEADER
 from .envelope import DeadLetter, queue_size
 from .reading import from_amqp, from_payload, is_json, max_body_bytes, unreadable
 from .trimming import written_order
@@ -153,6 +154,24 @@ class AmqpStore:
             with contextlib.suppress(*self.connection.channel_errors,
                                      *self.connection.connection_errors):
                 self.channel.basic_cancel(tag)
+
+    def counts_deliveries(self) -> bool:
+        """Whether the queue counts deliveries, as a quorum queue does (and drops a message
+        after its ``x-delivery-limit``): found by fetching one message and handing it straight
+        back, itself one delivery. A fetch shows the count from the first delivery
+        (``x-delivery-count: 0``); a consumer, as ``letters`` is, sees it only from the second
+        (measured on RabbitMQ 3.10)."""
+        try:
+            if not queue_size(self.connection, self.queue):  # a passive declare
+                return False
+        except self.connection.channel_errors:
+            return False  # no such queue
+        message = self.channel.basic_get(self.queue, no_ack=False)
+        if message is None:
+            return False
+        self.channel.basic_reject(message.delivery_tag, requeue=True)
+        headers = (message.properties or {}).get("application_headers")
+        return isinstance(headers, dict) and DELIVERY_COUNT_HEADER in headers
 
     def remove(self, letters: Sequence[DeadLetter]) -> None:
         for letter in letters:

@@ -31,6 +31,7 @@ from ..deadletters.envelope import DeadLetter, queue_size
 from ..deadletters.reading import from_amqp, from_payload, max_body_bytes
 from ..deadletters.stores import FileStore, RedisStore
 from ..errors import PolicyError
+from ..headers import DELIVERY_COUNT_HEADER
 from ..spec.model import DEFAULT_DEAD_LETTER_QUEUE, PolicyFile
 
 log = logging.getLogger("celery_policies.metrics")
@@ -38,8 +39,6 @@ log = logging.getLogger("celery_policies.metrics")
 #: Redis: entries looked at from the oldest end for one with a failure time, so that a few
 #: unreadable entries at the end do not hide the age of the letters behind them.
 OLDEST_PROBE = 10
-#: The header RabbitMQ's quorum queues count deliveries in.
-DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 
 @dataclass(frozen=True)
