@@ -143,6 +143,25 @@ def test_replaying_ten_thousand_shows_progress_and_keeps_the_count_exact(
         delete_queue(client, target)
 
 
+def test_replay_with_a_rate_spaces_the_letters_out_and_replays_them_all(
+        broker: str, client: Celery, dead_letter_queue: str) -> None:
+    total, target = 6, f"replayed.{uuid.uuid4().hex[:12]}"
+    try:
+        with Connection(broker) as connection:
+            Queue(target, durable=True)(connection.default_channel).declare()
+            fabricate(connection, dead_letter_queue, total, origin=target)
+        started = time.monotonic()
+        done = dlq("replay", "--broker", broker, "--queue", dead_letter_queue, "--yes",
+                   "--rate", "5")
+        took = time.monotonic() - started
+        assert done.returncode == 0, done.stderr
+        assert took >= (total - 1) / 5  # the sixth goes no earlier than 1 s in
+        assert queue_size(client, target) == total
+        assert read(broker, dead_letter_queue) == []
+    finally:
+        delete_queue(client, target)
+
+
 #: Every compression kombu registers, by alias, with the module it needs (kombu/compression.py
 #: registers each only when that module imports).
 KOMBU_CODECS = {"gzip": "zlib", "bzip2": "bz2", "lzma": "lzma",

@@ -223,13 +223,16 @@ def show(ctx: click.Context, task_id: str, app_name: str | None, broker: str | N
 @click.option("--to-queue", metavar="QUEUE", help="Publish to QUEUE instead of each "
               "task's original queue.")
 @click.option("--new-id", is_flag=True, help="Give each replayed task a new id.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="N",
+              help="Replay at most N dead letters a second, so that the service that failed "
+                   "is not flattened.")
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def replay_(ctx: click.Context, app_name: str | None, broker: str | None, queue: str | None,
             task_glob: str | None, exceptions: tuple[str, ...], since: float | None,
-            limit: int | None, to_queue: str | None, new_id: bool, dry_run: bool,
-            yes: bool) -> None:
+            limit: int | None, to_queue: str | None, new_id: bool, rate: float | None,
+            dry_run: bool, yes: bool) -> None:
     """Put dead letters back on their queue, removing each once its publish is confirmed.
 
     A replayed task gets a fresh retry budget (retries 0, no eta or expires) and keeps its id
@@ -263,7 +266,7 @@ def replay_(ctx: click.Context, app_name: str | None, broker: str | None, queue:
         publisher = Publisher(connection)
         try:
             with _progress(len(chosen.moves)) as tick:
-                report = replay(store, publisher, chosen, progress=tick)
+                report = replay(store, publisher, chosen, progress=tick, rate=rate)
         except ReplayStopped as exc:
             _replayed(exc.report, len(letters), store.queue)
             raise click.ClickException(printable(f"{exc}; the rest are still in "
