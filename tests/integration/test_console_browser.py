@@ -273,15 +273,25 @@ def test_the_policy_pages_explain_each_task_and_simulate_a_failure(
             page.screenshot(path=shot(tmp_path, "simulate"), full_page=True)
 
 
-def test_the_fleet_page_shows_each_worker_and_its_fingerprint(
-        broker: str, dead_letter_queue: str, worker: Worker, control: str, page: Page,
-        tmp_path: Path) -> None:
+def test_the_fleet_page_shows_each_worker_and_highlights_the_one_that_drifts(
+        broker: str, dead_letter_queue: str, workers: Workers, worker: Worker, control: str,
+        page: Page, tmp_path: Path) -> None:
+    text = POLICIES.read_text()
+    assert text.count("max_retries: 2\n") == 1
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(text.replace("max_retries: 2\n", "max_retries: 4\n"))
+    odd = workers(changed, env={"TEST_DLQ": dead_letter_queue,
+                                "TEST_DEFAULT_QUEUE": workers.queue,
+                                "TEST_CONTROL_EXCHANGE": control})
     with serve(broker, dead_letter_queue, tmp_path, control=control) as served:
         page.goto(f"{served.url}fleet")
-        row = page.locator("#workers tr.worker", has_text=worker.hostname)
-        expect(row).to_have_count(1)
-        expect(row).to_have_class(re.compile("status-ok"))
-        expect(page.locator("#verdict")).to_have_class("ok")
+        rows = page.locator("#workers tr.worker")
+        # "ready." comes before a worker listens to broadcasts: ask until both answer
+        reload_until(page, lambda: rows.count() == 2)
+        expect(rows.filter(has_text=worker.hostname)).to_have_class(re.compile("status-ok"))
+        expect(rows.filter(has_text=odd.hostname)).to_have_class(re.compile("status-drift"))
+        expect(page.locator("#verdict")).to_have_class("problem")
+        expect(page.locator("#verdict")).to_contain_text(odd.hostname)
         if broker.startswith("redis"):
             page.screenshot(path=shot(tmp_path, "fleet"), full_page=True)
 

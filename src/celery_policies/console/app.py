@@ -162,9 +162,14 @@ def _base(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
-def _when(value: datetime | float | None) -> str:
-    if value is None:
+def _when(value: datetime | float | str | None) -> str:
+    if value is None or value == "":
         return "-"
+    if isinstance(value, str):  # ISO 8601, as workers report their load time
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
     if not isinstance(value, datetime):
         value = datetime.fromtimestamp(value, timezone.utc)
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
