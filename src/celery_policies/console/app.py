@@ -167,12 +167,14 @@ def _when(value: datetime | float | str | None) -> str:
         return "-"
     if isinstance(value, str):  # ISO 8601, as workers report their load time
         try:
-            value = datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(value)
         except ValueError:
             return value
-    if not isinstance(value, datetime):
-        value = datetime.fromtimestamp(value, timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    elif isinstance(value, datetime):
+        moment = value
+    else:
+        moment = datetime.fromtimestamp(value, timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _plural(count: int, word: str = "dead letter") -> str:
