@@ -3,6 +3,7 @@ letters and worker (the embedded broker), until Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -25,6 +26,19 @@ CTRL_C_AS_IN_A_TERMINAL = (
     "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
     "sys.argv[0] = 'examples.shop.demo'; "
     "runpy.run_module('examples.shop.demo', run_name='__main__', alter_sys=True)")
+
+
+def stop_all(demo: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the demo, its worker (in a session of its own) and its console."""
+    children = Path(f"/proc/{demo.pid}/task/{demo.pid}/children").read_text().split()
+    for child in map(int, children):
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(child) == child:  # the worker leads a group: its pool too
+                os.killpg(child, signal.SIGKILL)
+            else:
+                os.kill(child, signal.SIGKILL)
+    demo.kill()
+    demo.wait(10)
 
 
 def fetch(url: str) -> str:
@@ -63,8 +77,7 @@ def test_the_demo_serves_the_console_on_its_dead_letters_until_interrupted(
         try:
             code = demo.wait(60)
         except subprocess.TimeoutExpired:
-            demo.kill()
-            demo.wait(10)
+            stop_all(demo)
             raise AssertionError(f"the demo did not stop on Ctrl-C:\n{log.read_text()}") from None
     text = log.read_text()
     assert code == 0, text
