@@ -96,6 +96,25 @@ def talking(connection: Connection, timeout: float, what: str) -> Iterator[None]
                           "each answer)") from exc
 
 
+@contextmanager
+def connected(make: Callable[[], Connection], timeout: float,
+              what: str) -> Iterator[Connection]:
+    """A connection (``connect``) for the time of a block: released when the broker answers,
+    dropped when it does not; a broker that stops answering in the block comes out as one
+    ``BrokerError`` (``talking``)."""
+    connection = connect(make, timeout, what)
+    try:
+        with talking(connection, timeout, what):
+            yield connection
+    except BrokerError:
+        drop(connection)  # no goodbyes to a broker that does not answer
+        raise
+    except BaseException:
+        connection.release()
+        raise
+    connection.release()
+
+
 def describe(app: Any, url: str | None) -> str:
     """The broker a command talks to, for messages: ``url``, else the app's setting."""
     if url:

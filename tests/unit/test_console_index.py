@@ -100,6 +100,8 @@ class Opener:
         letters, gate = self.queues[queue], self.gate
 
         class Store:
+            counting = False
+
             def letters(self) -> Iterator[DeadLetter]:
                 for letter in letters:
                     gate.wait(10)

@@ -9,7 +9,7 @@ import click
 from celery import Celery
 from rich.table import Table
 
-from ..connections import BrokerError, connect, describe, drop, talking
+from ..connections import BrokerError, connected, describe
 from ..errors import PolicyFileError
 from ..spec.loader import load_policies
 from ..tools.fleet import DEFAULT_TIMEOUT, DRIFT, OK, Fleet, Reference, ask, file_reference, judge
@@ -50,18 +50,8 @@ def fleet(ctx: click.Context, app_name: str | None, path: str | None, timeout: f
     reference = _reference(ctx, app, path) if path else None
     wait = broker_timeout(ctx)
     try:
-        where = describe(app, None)
-        connection = connect(app.connection_for_write, wait, where)
-        try:
-            with talking(connection, wait, where):
-                answers = ask(app, timeout, workers, connection)
-        except BrokerError:
-            drop(connection)  # no goodbyes to a broker that does not answer
-            raise
-        except BaseException:
-            connection.release()
-            raise
-        connection.release()
+        with connected(app.connection_for_write, wait, describe(app, None)) as connection:
+            answers = ask(app, timeout, workers, connection)
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
     verdict = judge(answers, reference, expect=expect or 0, names=workers, timeout=timeout)

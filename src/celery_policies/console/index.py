@@ -8,8 +8,9 @@ every queue in a thread and keeps, per letter, only what the pages group and fil
 traceback. A page is served from the last complete reading, which says how old it is; a page
 asked for when that reading is older than ``refresh`` seconds starts a new one. Nothing is read
 while nobody looks. A RabbitMQ quorum queue counts each reading as a delivery and drops a
-letter after its delivery limit: once a reading finds one, the index reads again only when
-asked (``refresh``: a person's "read again", or after a replay or purge).
+letter after its delivery limit: once a reading finds one (``Store.counting``), the index
+reads it again only when asked (``refresh``: a person's "read again", or after a replay or
+purge).
 
 On RabbitMQ a reading holds every message it has read, unacknowledged, until it ends, so that
 an operation selecting meanwhile would miss them: there the readings, the operations and a
@@ -33,7 +34,7 @@ from typing import Any
 
 from ..deadletters.stores import Store
 from ..deadletters.tools import Filters
-from ..headers import DELIVERY_COUNT_HEADER, REPLAYS_HEADER
+from ..headers import REPLAYS_HEADER
 
 #: Seconds a reading serves pages before a page asks for a new one.
 DEFAULT_REFRESH = 10.0
@@ -55,7 +56,6 @@ class Summary:
     failed_on: str | None  # the queue the task failed on
     replays: int
     problem: str | None
-    counted: bool = False  # its queue counts deliveries (a RabbitMQ quorum queue)
 
     @property
     def failure(self) -> dict[str, Any]:
@@ -75,7 +75,7 @@ class Summary:
                    letter.failed_at if letter.problem is None else None,
                    _shared(origin) if origin else None,
                    replays if isinstance(replays, int) and not isinstance(replays, bool) else 0,
-                   letter.problem, DELIVERY_COUNT_HEADER in letter.envelope.headers)
+                   letter.problem)
 
 
 def _text(value: Any) -> str:
@@ -135,8 +135,7 @@ class LetterIndex:
         self._reading = Reading()
         self._progress: _Progress | None = None  # set while a reading runs
         self._done = threading.Condition(self._lock)
-        self._probed: set[str] = set()  # queues asked whether they count deliveries
-        self._counting: set[str] = set()  # ... and those that do
+        self._counting: set[str] = set()  # queues that count deliveries (Store.counting)
 
     @property
     def reading(self) -> Reading:
@@ -177,31 +176,20 @@ class LetterIndex:
             for queue in self.queues:
                 try:
                     with self._open(queue) as store:
-                        self._probe(queue, store)
                         for letter in store.letters():
                             letters.append(Summary.of(queue, letter))
                             progress.read += 1
+                        if store.counting:
+                            self._counting.add(queue)
                 except Exception as exc:  # a broker that is down: said on the page, kept going
                     errors.append(f"{queue}: {exc or type(exc).__name__}")
         finished = time.time()
         with self._lock:
-            self._counting.update(letter.queue for letter in letters if letter.counted)
             counting = tuple(sorted(self._counting))
             self._reading = Reading(tuple(letters), finished, finished - progress.started_at,
                                     tuple(errors), counting)
             self._progress = None
             self._done.notify_all()
-
-
-    def _probe(self, queue: str, store: Store) -> None:
-        """Ask a RabbitMQ queue, before its first reading, whether it counts deliveries: a
-        consumer learns it only from a letter's second delivery (``AmqpStore``)."""
-        counts = getattr(store, "counts_deliveries", None)  # RabbitMQ's store only
-        if counts is None or queue in self._probed:
-            return
-        if counts():
-            self._counting.add(queue)
-        self._probed.add(queue)
 
 
 def chosen(reading: Reading, filters: Filters, queue: str | None = None) -> Iterator[Summary]:

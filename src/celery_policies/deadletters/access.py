@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from kombu.connection import Connection
 
-from ..connections import BrokerError, broker_errors, connect, drop, talking
+from ..connections import broker_errors, connected
 from .stores import Store, open_store
 
 
@@ -21,27 +21,13 @@ def opened(make: Callable[[], Connection], where: str, queue: str,
            timeout: float) -> Iterator[tuple[Store, Connection]]:
     """The store of ``queue`` and its connection, made by ``make`` (``where`` names the
     broker in errors), each broker operation bounded by ``timeout`` seconds."""
-    connection = connect(make, timeout, where)
-    try:
-        with talking(connection, timeout, where):
-            store = open_store(connection, queue)
-    except BaseException:
-        drop(connection)
-        raise
-    try:
-        with talking(connection, timeout, where):
-            try:
-                yield store, connection
-            except broker_errors(connection):
-                raise  # no goodbyes to a broker that does not answer: dropped below
-            except BaseException:
-                store.close()
-                raise
+    with connected(make, timeout, where) as connection:
+        store = open_store(connection, queue)
+        try:
+            yield store, connection
+        except broker_errors(connection):
+            raise  # no goodbyes to a broker that does not answer: dropped by connected()
+        except BaseException:
             store.close()
-    except BrokerError:
-        drop(connection)
-        raise
-    except BaseException:
-        connection.release()
-        raise
-    connection.release()
+            raise
+        store.close()

@@ -46,6 +46,10 @@ class Store(Protocol):
     """The dead letters of one queue."""
 
     queue: str
+    #: Whether the queue counts deliveries (a RabbitMQ quorum queue, which drops a message
+    #: after its ``x-delivery-limit``, and reading is a delivery): known once ``letters``
+    #: has read a letter.
+    counting: bool
 
     def letters(self) -> Iterator[DeadLetter]:
         """Every dead letter in the queue, oldest first, left in place."""
@@ -75,6 +79,8 @@ def open_store(connection: Connection, queue: str, max_body: int | None = None) 
 class RedisStore:
     """kombu keeps a queue as a list per priority step, pushed on the left, popped on the
     right: the oldest message is the last element."""
+
+    counting = False  # reading is no delivery
 
     def __init__(self, connection: Connection, queue: str, max_body: int) -> None:
         self.queue = queue
@@ -128,6 +134,7 @@ class AmqpStore:
         self.max_body = max_body
         self.connection = connection
         self.channel: Any = connection.channel()
+        self.counting = False
 
     def letters(self) -> Iterator[DeadLetter]:
         try:
@@ -136,11 +143,20 @@ class AmqpStore:
             return  # no such queue
         if not expected:
             return
+        # The oldest letter is fetched, the rest consumed: a fetch shows a quorum queue's
+        # x-delivery-count from the first delivery (0), a consumer only from the second
+        # (measured on RabbitMQ 3.10), and reading must know whether the queue counts.
+        first = self.channel.basic_get(self.queue, no_ack=False)
+        if first is None:
+            return  # taken meanwhile
+        headers = (first.properties or {}).get("application_headers")
+        self.counting = isinstance(headers, dict) and DELIVERY_COUNT_HEADER in headers
+        yield from_amqp(first, 1, self.max_body)
         received: list[Any] = []
         self.channel.basic_qos(0, 0, False)  # no prefetch limit: hold every message
         tag = self.channel.basic_consume(self.queue, no_ack=False, callback=received.append)
         try:
-            seen = 0
+            seen = 1
             while seen < expected:
                 try:
                     self.connection.drain_events(timeout=AMQP_IDLE)
@@ -155,24 +171,6 @@ class AmqpStore:
                                      *self.connection.connection_errors):
                 self.channel.basic_cancel(tag)
 
-    def counts_deliveries(self) -> bool:
-        """Whether the queue counts deliveries, as a quorum queue does (and drops a message
-        after its ``x-delivery-limit``): found by fetching one message and handing it straight
-        back, itself one delivery. A fetch shows the count from the first delivery
-        (``x-delivery-count: 0``); a consumer, as ``letters`` is, sees it only from the second
-        (measured on RabbitMQ 3.10)."""
-        try:
-            if not queue_size(self.connection, self.queue):  # a passive declare
-                return False
-        except self.connection.channel_errors:
-            return False  # no such queue
-        message = self.channel.basic_get(self.queue, no_ack=False)
-        if message is None:
-            return False
-        self.channel.basic_reject(message.delivery_tag, requeue=True)
-        headers = (message.properties or {}).get("application_headers")
-        return isinstance(headers, dict) and DELIVERY_COUNT_HEADER in headers
-
     def remove(self, letters: Sequence[DeadLetter]) -> None:
         for letter in letters:
             self.channel.basic_ack(letter.handle)
@@ -183,6 +181,8 @@ class AmqpStore:
 
 class FileStore:
     """kombu's filesystem transport: one ``<time>_<uuid>.<queue>.msg`` file per message."""
+
+    counting = False  # reading is no delivery
 
     def __init__(self, connection: Connection, queue: str, max_body: int) -> None:
         self.queue = queue
