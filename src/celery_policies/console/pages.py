@@ -54,7 +54,7 @@ def filters_of(values: Any) -> tuple[str | None, Filters, dict[str, Any]]:
     task = one("task")
     since_text = one("since")
     since = parse_duration(since_text) if since_text else None
-    ids = tuple(v for v in values.getlist("id") if v) if hasattr(values, "getlist") else ()
+    ids = tuple(v for v in values.getlist("id") if v)
     filters = Filters(task=glob.escape(task) if task and exact else task,
                       exceptions=literal("exception"), since=since, ids=ids,
                       unreadable=one("unreadable") == "1", reasons=literal("reason"),

@@ -28,7 +28,7 @@ from kombu.compression import decompress, get_encoder
 from kombu.utils.json import loads
 
 from ..errors import PolicyError
-from ..headers import COMPRESSION_HEADER
+from ..headers import COMPRESSION_HEADER, DELIVERY_COUNT_HEADER
 from .envelope import DeadLetter, Envelope
 
 #: A reader decompresses a dead letter's body to at most this many megabytes (2**20 bytes);
@@ -90,6 +90,13 @@ def from_amqp(message: Any, position: int, limit: int) -> DeadLetter:
     except Unreadable as exc:
         return unreadable(body, handle, position, str(exc))
     return DeadLetter(envelope, handle)
+
+
+def counts_deliveries(message: Any) -> bool:
+    """Whether a py-amqp message came from a queue that counts deliveries (a RabbitMQ quorum
+    queue, which sets ``x-delivery-count`` on every message it delivers)."""
+    headers = (message.properties or {}).get("application_headers")
+    return isinstance(headers, dict) and DELIVERY_COUNT_HEADER in headers
 
 
 def from_entry(entry: Any, limit: int) -> DeadLetter:

@@ -27,9 +27,15 @@ from kombu.connection import Connection
 
 from ..compat import redis_queue_keys
 from ..errors import PolicyError
-from ..headers import DELIVERY_COUNT_HEADER
 from .envelope import DeadLetter, queue_size
-from .reading import from_amqp, from_payload, is_json, max_body_bytes, unreadable
+from .reading import (
+    counts_deliveries,
+    from_amqp,
+    from_payload,
+    is_json,
+    max_body_bytes,
+    unreadable,
+)
 from .trimming import written_order
 
 #: Redis reads and removes this many messages per round trip.
@@ -149,8 +155,7 @@ class AmqpStore:
         first = self.channel.basic_get(self.queue, no_ack=False)
         if first is None:
             return  # taken meanwhile
-        headers = (first.properties or {}).get("application_headers")
-        self.counting = isinstance(headers, dict) and DELIVERY_COUNT_HEADER in headers
+        self.counting = counts_deliveries(first)
         yield from_amqp(first, 1, self.max_body)
         received: list[Any] = []
         self.channel.basic_qos(0, 0, False)  # no prefetch limit: hold every message

@@ -28,10 +28,9 @@ from kombu.connection import Connection
 
 from ..connections import broker_errors, drop
 from ..deadletters.envelope import DeadLetter, queue_size
-from ..deadletters.reading import from_amqp, from_payload, max_body_bytes
+from ..deadletters.reading import counts_deliveries, from_amqp, from_payload, max_body_bytes
 from ..deadletters.stores import FileStore, RedisStore
 from ..errors import PolicyError
-from ..headers import DELIVERY_COUNT_HEADER
 from ..spec.model import DEFAULT_DEAD_LETTER_QUEUE, PolicyFile
 
 log = logging.getLogger("celery_policies.metrics")
@@ -179,8 +178,7 @@ class QueueReader:
             channel.basic_reject(message.delivery_tag, requeue=True)
         finally:
             channel.close()
-        headers = (message.properties or {}).get("application_headers") or {}
-        if isinstance(headers, dict) and DELIVERY_COUNT_HEADER in headers:
+        if counts_deliveries(message):
             self.counting.add(queue)
             log.warning("dead-letter queue %r counts deliveries (a quorum queue): its age is "
                         "not read, so that no letter reaches its delivery limit", queue)
